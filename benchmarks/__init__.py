@@ -1,0 +1,1 @@
+"""asv benchmarks for ctvol (see asv.conf.json; run with `make bench`)."""

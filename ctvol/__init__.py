@@ -1,0 +1,54 @@
+"""ctvol: CT DICOM cohorts to uniform, analysis-ready Zarr volumes.
+
+The data model: a volume is an :class:`xarray.Dataset` with ``hu`` (int16,
+Hounsfield units) on dims ``("z", "y", "x")``, coordinates in mm in the
+patient frame (z along the slice normal), geometry in attrs
+(``docs/storage.md``).
+
+Heavy dependencies (pydicom, zarr, xarray, dask, torch) are imported by the
+functions that need them, so ``import ctvol`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "IngestReport",
+    "__version__",
+    "catalog",
+    "ingest",
+    "list_series",
+    "open_cohort",
+    "open_series",
+]
+
+_LAZY = {
+    "IngestReport": "ctvol.ingest",
+    "ingest": "ctvol.ingest",
+    "catalog": "ctvol.io.store",
+    "list_series": "ctvol.io.store",
+    "open_cohort": "ctvol.io.store",
+    "open_series": "ctvol.io.store",
+}
+
+if TYPE_CHECKING:
+    from .ingest import IngestReport, ingest
+    from .io.store import catalog, list_series, open_cohort, open_series
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: resolve public verbs on first use, keeping `import ctvol` cheap.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ctvol' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

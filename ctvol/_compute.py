@@ -1,0 +1,57 @@
+"""Run Dask tasks on whatever scheduler is active, with an optional progress bar.
+
+The library never starts a cluster: a ``dask.distributed.Client`` that is
+already running is used when there is one, otherwise the configured default
+(threads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["active_client", "compute"]
+
+
+def active_client() -> Any:
+    """The active ``distributed.Client``, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
+    """Compute dask collections/delayed objects and return their results in order.
+
+    Parameters
+    ----------
+    tasks : sequence of dask objects
+    progress : bool, default False
+        Show a progress bar (``distributed.progress`` on a Client, dask's
+        ``ProgressBar`` on local schedulers), written to stdout.
+    """
+    import dask
+
+    if not tasks:
+        return []
+    client = active_client()
+    if client is not None:
+        # optimize_graph=False keeps task annotations (e.g. GPU resources)
+        # from being lost in fusion (dask/dask#7036, ../shared/MEASURED.md).
+        futures = client.compute(list(tasks), optimize_graph=False)
+        if progress:
+            from distributed import progress as dprogress
+
+            dprogress(futures)
+        return list(client.gather(futures))
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=0.5):
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))

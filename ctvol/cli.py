@@ -1,0 +1,139 @@
+"""The ``ctvol`` command line: ``ctvol ingest`` and ``ctvol info``.
+
+Commands run on a Dask scheduler: by default a LocalCluster sized to the
+machine (one single-threaded worker process per core: DICOM decoding holds
+the GIL), ``--scheduler threads`` for the in-process threaded scheduler, or
+``--scheduler tcp://host:8786`` for an existing cluster.
+
+Exit codes: 0 success; 1 an error (message on stderr); 3 the run completed
+but some series failed (listed in the catalog with their reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+EXIT_PARTIAL = 3
+
+
+@contextlib.contextmanager
+def _scheduler(spec: str, workers: int | None) -> Iterator[Any]:
+    if spec == "threads":
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if spec == "local":
+        n = workers or os.cpu_count() or 1
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+    else:
+        with Client(spec) as client:
+            yield client
+
+
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scheduler", default="local", metavar="ADDRESS",
+        help="'local' (default: a LocalCluster on this machine), 'threads', "
+             "or a distributed scheduler address such as tcp://host:8786",
+    )
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for --scheduler local (default: one per core)")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import ctvol
+
+    with _scheduler(args.scheduler, args.workers):
+        report = ctvol.ingest(
+            args.inputs, args.output, modalities=args.modality or ("CT",),
+            split_gaps=not args.no_split_gaps, max_obliquity_deg=args.max_obliquity,
+            progress=not args.quiet,
+        )
+    print()
+    print(report.summary())
+    if report.failed:
+        print(f"\ncompleted with {len(report.failed)} series failed: see `ctvol info "
+              f"{args.output}` (status 'failed') for the reason of each", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import ctvol
+    from ctvol.ingest import format_series_table
+
+    if args.key:
+        print(ctvol.open_series(args.store, args.key))
+        return 0
+    if args.files:
+        import pandas as pd
+
+        df = ctvol.catalog(args.store, level="files")
+        with pd.option_context("display.width", 250, "display.max_colwidth", 120,
+                               "display.max_rows", None):
+            print(df[["path", "status", "reason", "key", "detail"]].to_string(index=False))
+        return 0
+    series = ctvol.catalog(args.store)
+    files = ctvol.catalog(args.store, level="files")
+    n_ok = int(series["status"].isin(["ok", "unchanged"]).sum()) if len(series) else 0
+    n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
+    print(f"{args.store}: {n_ok} series, {len(files)} input files ({n_exc} excluded)")
+    print(format_series_table(series))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ctvol import __version__
+
+    parser = argparse.ArgumentParser(prog="ctvol", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"ctvol {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="DICOM files/folders -> cohort store")
+    p.add_argument("inputs", nargs="+", help="DICOM folders or files (local or fsspec URLs)")
+    p.add_argument("-o", "--output", required=True, help="cohort store (.zarr path or URL)")
+    p.add_argument("--modality", action="append",
+                   help="modality to ingest (repeatable; default CT)")
+    p.add_argument("--no-split-gaps", action="store_true",
+                   help="refuse series with gaps instead of splitting them into runs")
+    p.add_argument("--max-obliquity", type=float, default=45.0, metavar="DEG",
+                   help="largest slice-normal angle from patient z kept as axial (default 45)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("info", help="print a store's catalog")
+    p.add_argument("store")
+    p.add_argument("key", nargs="?", help="show one series (its Dataset) instead")
+    p.add_argument("--files", action="store_true", help="one row per input file with its fate")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ctvol.errors import CtvolError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CtvolError, FileNotFoundError) as exc:
+        print(f"ctvol {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

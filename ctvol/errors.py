@@ -1,0 +1,66 @@
+"""Every exception and warning ctvol raises.
+
+The base is :class:`CtvolError`; each subclass also inherits the matching
+builtin, so callers can catch either (as zarr's
+``NodeNotFoundError(BaseZarrError, FileNotFoundError)``). Messages say what
+went wrong, name the file or series and the offending value, and say what to
+do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CtvolError",
+    "CtvolWarning",
+    "DicomReadError",
+    "GeometryError",
+    "GeometryWarning",
+    "HounsfieldRangeError",
+    "IngestWarning",
+    "NoInputError",
+    "SeriesNotFoundError",
+    "StoreError",
+]
+
+
+class CtvolError(Exception):
+    """Base class of every ctvol error."""
+
+
+class DicomReadError(CtvolError, OSError):
+    """A DICOM file cannot be read or decoded."""
+
+
+class GeometryError(CtvolError, ValueError):
+    """Slice geometry that ctvol refuses to stack (or a geometry argument out of range)."""
+
+
+class HounsfieldRangeError(CtvolError, ValueError):
+    """Decoded Hounsfield units do not fit the int16 storage type."""
+
+
+class StoreError(CtvolError, ValueError):
+    """A path is not a ctvol cohort store, or the store is damaged."""
+
+
+class SeriesNotFoundError(CtvolError, KeyError):
+    """No complete series with that key in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CtvolWarning(UserWarning):
+    """Base class of every ctvol warning (tests turn these into errors)."""
+
+
+class GeometryWarning(CtvolWarning):
+    """Geometry that ctvol accepts but the user should know about."""
+
+
+class IngestWarning(CtvolWarning):
+    """Something during ingest that did not stop it (files excluded, series split)."""
+
+
+class NoInputError(CtvolError, FileNotFoundError):
+    """Nothing to work on: no files under the given inputs."""

@@ -1,0 +1,1 @@
+"""Reading DICOM and reading/writing the cohort store."""

@@ -1,0 +1,441 @@
+"""DICOM files: find them, read their headers, decode their pixels to HU.
+
+Grouping headers into series and validating their geometry lives in
+:mod:`ctvol.io._series`; this module only touches files. Each function here
+runs inside a Dask task, so it takes plain paths and returns plain,
+picklable records.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DicomReadError, HounsfieldRangeError
+
+__all__ = [
+    "FileRecord",
+    "SliceHeader",
+    "decode_hu",
+    "find_files",
+    "read_header",
+    "read_headers",
+]
+
+# SOP classes (DICOM PS3.4) that ctvol treats specially.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+}
+LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"}
+
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
+INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
+
+
+@dataclass
+class SliceHeader:
+    """What ctvol needs from one image's header (no pixel data).
+
+    Positions and spacings are in mm, in the patient (LPS) frame.
+    """
+
+    path: str
+    sop_uid: str
+    sop_class: str
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_id: str
+    modality: str
+    image_type: tuple[str, ...]
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    rows: int
+    cols: int
+    n_frames: int
+    instance_number: int | None
+    series_number: int | None
+    series_description: str
+    manufacturer: str
+    model: str
+    kernel: str
+    slice_thickness: float | None
+    gantry_tilt: float | None
+    transfer_syntax: str
+    pixel_padding: tuple[int, int | None] | None
+
+
+@dataclass
+class FileRecord:
+    """The fate of one input file.
+
+    ``status`` is ``"stored"`` (its slice is in series ``key``),
+    ``"excluded"`` (with a ``reason`` code and a human ``detail``) or
+    ``"pending"`` while ingest runs.
+    """
+
+    path: str
+    status: str = "pending"
+    reason: str = ""
+    detail: str = ""
+    key: str = ""
+    header: SliceHeader | None = field(default=None, repr=False)
+
+    def exclude(self, reason: str, detail: str) -> FileRecord:
+        self.status, self.reason, self.detail = "excluded", reason, detail
+        return self
+
+    def as_row(self) -> dict[str, Any]:
+        h = self.header
+        return {
+            "path": self.path,
+            "status": self.status,
+            "reason": self.reason,
+            "detail": self.detail,
+            "key": self.key,
+            "series_uid": h.series_uid if h else "",
+            "sop_uid": h.sop_uid if h else "",
+        }
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _split_protocol(path: str) -> tuple[Any, str]:
+    import fsspec.core
+
+    fs, root = fsspec.core.url_to_fs(path)
+    return fs, root
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Every file under the given folders and files, sorted, without duplicates.
+
+    Parameters
+    ----------
+    inputs : path, URL or iterable of them
+        Folders are searched recursively (hidden files included: they get a
+        fate like any other). Local paths and fsspec URLs (``s3://...``) are
+        accepted.
+
+    Returns
+    -------
+    list of str
+        Absolute paths (or full URLs).
+
+    Raises
+    ------
+    FileNotFoundError
+        When an input does not exist.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    found: set[str] = set()
+    for item in inputs:
+        item = os.fspath(item)
+        if _is_local(item):
+            local = item.removeprefix("file://")
+            path = os.path.abspath(os.path.expanduser(local))
+            if os.path.isdir(path):
+                for dirpath, _dirs, files in os.walk(path):
+                    found.update(os.path.join(dirpath, f) for f in files)
+            elif os.path.isfile(path):
+                found.add(path)
+            else:
+                raise FileNotFoundError(
+                    f"input {item!r} does not exist; pass DICOM folders or files"
+                )
+        else:
+            fs, root = _split_protocol(item)
+            proto = item.split("://", 1)[0]
+            if fs.isdir(root):
+                found.update(f"{proto}://{p}" for p in fs.find(root))
+            elif fs.isfile(root):
+                found.add(item)
+            else:
+                raise FileNotFoundError(f"input {item!r} does not exist")
+    return sorted(found)
+
+
+def _open(path: str) -> Any:
+    if _is_local(path):
+        return open(path.removeprefix("file://"), "rb")
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def read_header(path: str) -> FileRecord:
+    """Read one file's header and decide whether it can be a volume slice.
+
+    Pixel data are not read, but their presence and length are checked, so
+    that truncated files are caught here rather than half-way through a write.
+
+    Parameters
+    ----------
+    path : str
+        Local path or fsspec URL.
+
+    Returns
+    -------
+    FileRecord
+        ``status="pending"`` with a header when the file is a candidate CT
+        slice; ``status="excluded"`` with a reason otherwise. Never raises for
+        a bad file: every file gets a fate.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    rec = FileRecord(path=path)
+    try:
+        with _open(path) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on odd-but-readable headers
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            # pydicom stops with the file positioned at the pixel data tag.
+            px_at = fh.tell()
+            px_head = fh.read(12)
+            fh.seek(max(px_at, size - 1024))
+            tail = fh.read()
+    except InvalidDicomError as exc:
+        return rec.exclude(
+            "not-dicom", f"not a DICOM file ({exc}); if it is one, it lacks the 'DICM' preamble"
+        )
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a recorded fate
+        return rec.exclude(
+            "unreadable", f"cannot parse DICOM: {type(exc).__name__}: {exc}; re-export the file"
+        )
+
+    meta = getattr(ds, "file_meta", None)
+    sop_class = _str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else ""))
+    ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return rec.exclude("no-pixel-data", "media directory (DICOMDIR/DIRFILE): an index, no image")
+    if len(ds) == 0:
+        return rec.exclude(
+            "unreadable",
+            "cannot parse DICOM: no data elements after the file meta (corrupt or not an "
+            "image object); re-export the file",
+        )
+    if px_head[:4] != PIXEL_DATA_TAG:
+        return rec.exclude(
+            "no-pixel-data",
+            f"no PixelData element (SOP class {sop_class or 'unknown'}): not an image",
+        )
+    problem = _pixel_data_problem(ds, ts, px_at, px_head, size, tail)
+    if problem:
+        return rec.exclude("truncated", f"{problem}; re-copy or re-export the file")
+
+    pad = ds.get("PixelPaddingValue")
+    pad_lim = ds.get("PixelPaddingRangeLimit")
+    header = SliceHeader(
+        path=path,
+        sop_uid=_str(ds.get("SOPInstanceUID")),
+        sop_class=sop_class,
+        series_uid=_str(ds.get("SeriesInstanceUID")),
+        study_uid=_str(ds.get("StudyInstanceUID")),
+        frame_of_reference_uid=_str(ds.get("FrameOfReferenceUID")),
+        patient_id=_str(ds.get("PatientID")),
+        modality=_str(ds.get("Modality")).upper(),
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+        rows=_int_or_none(ds.get("Rows")) or 0,
+        cols=_int_or_none(ds.get("Columns")) or 0,
+        n_frames=_int_or_none(ds.get("NumberOfFrames")) or 1,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        series_description=_str(ds.get("SeriesDescription")),
+        manufacturer=_str(ds.get("Manufacturer")),
+        model=_str(ds.get("ManufacturerModelName")),
+        kernel=_str(ds.get("ConvolutionKernel")),
+        slice_thickness=_float_or_none(ds.get("SliceThickness")),
+        gantry_tilt=_float_or_none(ds.get("GantryDetectorTilt")),
+        transfer_syntax=ts,
+        pixel_padding=(int(pad), _int_or_none(pad_lim)) if pad is not None else None,
+    )
+    rec.header = header
+    return rec
+
+
+def _pixel_data_problem(
+    ds: Any, ts: str, at: int, head: bytes, size: int, tail: bytes
+) -> str | None:
+    """Why the pixel data cannot be complete, from its element header alone."""
+    import pydicom.uid
+
+    implicit = ts == pydicom.uid.ImplicitVRLittleEndian
+    hlen = 8 if implicit else 12
+    if len(head) < hlen:
+        return f"truncated: the file ends inside the PixelData header (byte {at})"
+    length = int.from_bytes(head[hlen - 4 : hlen], "little")
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): fragments end with a delimiter
+        if SEQUENCE_DELIMITER not in tail:
+            return ("truncated: compressed PixelData has no sequence delimiter "
+                    f"(file ends at byte {size})")
+        return None
+    if at + hlen + length > size:
+        return (f"truncated: PixelData declares {length} bytes at offset {at + hlen} but the "
+                f"file has {size} bytes")
+    frames = _int_or_none(ds.get("NumberOfFrames")) or 1
+    needed = (
+        (_int_or_none(ds.get("Rows")) or 0) * (_int_or_none(ds.get("Columns")) or 0)
+        * (_int_or_none(ds.get("SamplesPerPixel")) or 1) * frames
+        * (_int_or_none(ds.get("BitsAllocated")) or 16) // 8
+    )
+    if length < needed:
+        return (f"truncated: PixelData holds {length} bytes but Rows x Columns x "
+                f"BitsAllocated needs {needed}")
+    return None
+
+
+def read_headers(paths: Sequence[str]) -> list[FileRecord]:
+    """:func:`read_header` over a batch of files (one Dask task)."""
+    return [read_header(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _padding_mask(raw: np.ndarray, padding: tuple[int, int | None]) -> np.ndarray:
+    lo, hi = padding
+    if hi is None:
+        return raw == lo
+    lo, hi = min(lo, hi), max(lo, hi)
+    return (raw >= lo) & (raw <= hi)
+
+
+def decode_hu(
+    path: str,
+    *,
+    expected_sop_uid: str | None = None,
+    padding_fill: int | None = -1024,
+) -> tuple[np.ndarray, float]:
+    """Decode one slice to Hounsfield units as int16.
+
+    Parameters
+    ----------
+    path : str
+        Local path or fsspec URL of a single-frame image.
+    expected_sop_uid : str, optional
+        The SOPInstanceUID the header pass saw; a different value means the
+        file changed between passes and is refused.
+    padding_fill : int or None, default -1024
+        HU given to pixels flagged by PixelPaddingValue (and
+        PixelPaddingRangeLimit); ``None`` keeps their modality-LUT value.
+
+    Returns
+    -------
+    hu : numpy.ndarray
+        (rows, columns) int16, values in HU.
+    rounding : float
+        Largest ``|hu - LUT value|`` introduced by rounding to whole HU (0.0
+        when slope and intercept are integers).
+
+    Raises
+    ------
+    DicomReadError
+        The pixel data cannot be decoded (names the file and the codec).
+    HounsfieldRangeError
+        The HU values do not fit int16 (names the file and the range).
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        with _open(path) as fh:
+            ds = pydicom.dcmread(fh)
+            raw = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001
+        ts = getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None)
+        raise DicomReadError(
+            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}; transfer syntax "
+            f"{ts.name if ts else 'unknown'}). Install the pylibjpeg plugins "
+            "(pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle) "
+            "or re-export the file uncompressed."
+        ) from exc
+    if expected_sop_uid is not None and str(ds.get("SOPInstanceUID", "")) != expected_sop_uid:
+        raise DicomReadError(
+            f"{path}: SOPInstanceUID changed since the header pass "
+            f"({expected_sop_uid} -> {ds.get('SOPInstanceUID')}); re-run ingest"
+        )
+
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if "ModalityLUTSequence" not in ds and slope == 1.0 and intercept.is_integer():
+        # Exact integer path: pydicom's apply_modality_lut computes the same
+        # values in float64, ~3x slower (../shared/MEASURED.md); tested equal.
+        hu = raw.astype(np.int32) + int(intercept)
+        rounding = 0.0
+    else:
+        lut = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        hu_f = np.rint(lut)
+        rounding = float(np.max(np.abs(hu_f - lut))) if lut.size else 0.0
+        hu = hu_f
+    pad = ds.get("PixelPaddingValue")
+    if pad is not None and padding_fill is not None:
+        mask = _padding_mask(raw, (int(pad), _int_or_none(ds.get("PixelPaddingRangeLimit"))))
+        if mask.any():
+            hu = np.where(mask, padding_fill, hu)
+    lo, hi = (hu.min(), hu.max()) if hu.size else (0, 0)
+    if lo < INT16_MIN or hi > INT16_MAX:
+        raise HounsfieldRangeError(
+            f"{path}: HU values {lo:g}..{hi:g} do not fit int16 ({INT16_MIN}..{INT16_MAX}) "
+            f"after RescaleSlope={slope:g}, RescaleIntercept={intercept:g}; the file's rescale "
+            "tags are probably wrong: fix them, or exclude the file"
+        )
+    return hu.astype(np.int16), rounding

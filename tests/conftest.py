@@ -1,0 +1,52 @@
+"""Shared fixtures: the bundled real sample, the full shared data set, phantoms."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "dcm_qa_ct_philips"
+# The full real export lives in the project's shared folder next to a checkout.
+SHARED = pathlib.Path(
+    os.environ.get("CTVOL_SHARED_DATA", REPO.parent / "shared" / "data")
+) / "dcm_qa_ct_philips"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    # torch (later stages) writes an inductor cache under $TMPDIR/<user>.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> pathlib.Path:
+    assert SAMPLE.is_dir(), f"bundled sample missing at {SAMPLE}"
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    if not (SHARED / "S21570" / "S2020").is_dir():
+        pytest.skip(f"full real data set not found at {SHARED} (set CTVOL_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def phantom() -> np.ndarray:
+    from ctvol.testing import head_phantom
+
+    return head_phantom((6, 32, 32), seed=3)
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: pathlib.Path) -> str:
+    """The bundled sample ingested once per session (read-only for tests)."""
+    import ctvol
+
+    store = str(tmp_path_factory.mktemp("sample") / "cohort.zarr")
+    ctvol.ingest(sample_dir, store)
+    return store
