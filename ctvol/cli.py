@@ -35,9 +35,11 @@ def _scheduler(spec: str, workers: int | None) -> Iterator[Any]:
         n = workers or os.cpu_count() or 1
         with (
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=None) as cluster,
+                         dashboard_address=":0") as cluster,
             Client(cluster) as client,
         ):
+            print(f"ctvol: LocalCluster with {n} workers, dashboard {client.dashboard_link}",
+                  flush=True)
             yield client
     else:
         with Client(spec) as client:
