@@ -291,11 +291,12 @@ def _tables(
             owner = rec.header.series_uid if rec.header and rec.header.series_uid else ""
             groups[(owner, rec.reason)].append(rec)
     for (owner, reason), recs in sorted(groups.items()):
-        h = recs[0].header
+        first = recs[0].header
         key = series_key(owner) if owner else f"files:{reason}"
         detail = recs[0].detail + (f" (and {len(recs) - 1} more files)" if len(recs) > 1 else "")
-        rows.append(_group_row(key, "excluded", reason, detail, h.series_uid if h else "",
-                               len(recs), h.series_description if h else ""))
+        rows.append(_group_row(key, "excluded", reason, detail,
+                               first.series_uid if first else "", len(recs),
+                               first.series_description if first else ""))
     series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
     files = pd.DataFrame([r.as_row() for r in records])
     return files, series

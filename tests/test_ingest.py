@@ -322,7 +322,9 @@ def test_missing_input_path(tmp_path: pathlib.Path) -> None:
     ],
     ids=["unsigned+intercept", "signed", "slope0.5", "jpeg2000", "rle-signed", "implicit"],
 )
-def test_stored_hu_equals_pydicom_modality_lut(kw: dict[str, object], tmp_path: pathlib.Path) -> None:
+def test_stored_hu_equals_pydicom_modality_lut(
+    kw: dict[str, object], tmp_path: pathlib.Path
+) -> None:
     hu = head_phantom((5, 32, 32), seed=1).astype(np.float64)
     if kw.get("slope") == 0.5:
         hu = hu + 0.5 * (np.arange(hu.size).reshape(hu.shape) % 2)  # fractional HU

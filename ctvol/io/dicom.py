@@ -263,7 +263,9 @@ def read_header(path: str) -> FileRecord:
     sop_class = _str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else ""))
     ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
-        return rec.exclude("no-pixel-data", "media directory (DICOMDIR/DIRFILE): an index, no image")
+        return rec.exclude(
+            "no-pixel-data", "media directory (DICOMDIR/DIRFILE): an index, no image"
+        )
     if len(ds) == 0:
         return rec.exclude(
             "unreadable",

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -60,7 +60,9 @@ def _url(store: str | os.PathLike[str]) -> str:
     return s if "://" in s else os.path.abspath(os.path.expanduser(s))
 
 
-def _open_root(store: str, mode: str, storage_options: Mapping[str, Any] | None) -> Any:
+def _open_root(
+    store: str, mode: Literal["r", "r+", "a", "w"], storage_options: Mapping[str, Any] | None
+) -> Any:
     import zarr
 
     return zarr.open_group(
