@@ -25,9 +25,12 @@ __all__ = [
     "open_series",
 ]
 
+# Verbs whose module has the same name are imported eagerly (their modules
+# import nothing heavy): a lazy attribute would be shadowed by the submodule
+# as soon as anything imports ``ctvol.ingest``.
+from .ingest import IngestReport, ingest  # noqa: E402
+
 _LAZY = {
-    "IngestReport": "ctvol.ingest",
-    "ingest": "ctvol.ingest",
     "catalog": "ctvol.io.store",
     "list_series": "ctvol.io.store",
     "open_cohort": "ctvol.io.store",
@@ -35,7 +38,6 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .ingest import IngestReport, ingest
     from .io.store import catalog, list_series, open_cohort, open_series
 
 
