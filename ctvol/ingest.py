@@ -88,16 +88,21 @@ def format_series_table(series: pd.DataFrame) -> str:
 
     if series.empty:
         return "(empty catalog)"
-    cols = ["key", "status", "reason", "n_files", "n_slices", "rows", "cols", "dz", "dy",
-            "tilt_deg", "description"]
+    # The key goes last and whole: it is what users copy into open_series.
+    cols = ["status", "reason", "n_files", "n_slices", "rows", "cols", "dz", "dy",
+            "tilt_deg", "description", "key"]
     t = series[[c for c in cols if c in series]].copy()
-    t["key"] = [k if len(k) <= 40 else "…" + k[-39:] for k in t["key"]]
+    t["description"] = [d if len(d) <= 24 else d[:23] + "…" for d in t["description"]]
     for c in ("dz", "dy", "tilt_deg"):
         if c in t:
             t[c] = [("" if pd.isna(v) else f"{v:.4g}") for v in t[c]]
-    with pd.option_context("display.width", 200, "display.max_colwidth", 40,
+    t = t.rename(columns={"n_files": "files", "n_slices": "slices", "dz": "dz_mm",
+                          "dy": "dy_mm", "tilt_deg": "tilt_deg"})
+    with pd.option_context("display.width", 200, "display.max_colwidth", 100,
                            "display.max_rows", 500):
-        return t.to_string(index=False)
+        left = {c: f"{{:<{max(t[c].str.len().max(), len(c))}}}".format
+                for c in ("reason", "description", "key")}
+        return t.to_string(index=False, formatters=left, justify="left")
 
 
 def ingest(
