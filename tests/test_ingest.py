@@ -402,3 +402,51 @@ def test_changed_series_is_rewritten(tmp_path: pathlib.Path) -> None:
     second = ctvol.ingest(tmp_path / "a", tmp_path / "c.zarr")
     assert second.written == first.written
     assert ctvol.open_series(second.store, first.written[0]).sizes["z"] == 8
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ORIENTATIONS = [
+    (1, 0, 0, 0, 1, 0),  # axial, feet-first or head-first
+    (1, 0, 0, 0, -1, 0),  # axial, normal towards the feet
+    (-1, 0, 0, 0, 1, 0),
+    (0, 1, 0, -1, 0, 0),  # axial, rotated in plane
+]
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(2, 9),
+    dz=st.sampled_from([0.625, 1.0, 1.25, 2.5, 3.0, 5.0]),
+    pixel=st.tuples(st.floats(0.3, 1.0), st.floats(0.3, 1.0)),
+    origin=st.tuples(st.floats(-300, 300), st.floats(-300, 300), st.floats(-1500, 1500)),
+    orientation=st.sampled_from(ORIENTATIONS),
+    tilt=st.sampled_from([0.0, 0.0, -18.5, 12.0]),
+    seed=st.integers(0, 1000),
+)
+def test_ingest_round_trips_hu_and_geometry(
+    tmp_path_factory: pytest.TempPathFactory, n: int, dz: float, pixel: tuple[float, float],
+    origin: tuple[float, float, float], orientation: tuple[int, ...], tilt: float, seed: int,
+) -> None:
+    tmp = tmp_path_factory.mktemp("prop")
+    hu = head_phantom((n, 16, 20), seed=seed)
+    write_dicom_series(tmp / "in", hu, spacing=(dz, *pixel), origin=origin,
+                       orientation=orientation, tilt_deg=tilt, seed=seed)
+    if tilt:
+        with pytest.warns(GeometryWarning, match="gantry tilt"):
+            report = ctvol.ingest(tmp / "in", tmp / "c.zarr")
+    else:
+        report = ctvol.ingest(tmp / "in", tmp / "c.zarr")
+    (key,) = report.written
+    ds = ctvol.open_series(report.store, key)
+    np.testing.assert_array_equal(ds.hu.values, hu)
+    np.testing.assert_allclose(np.diff(ds.z.values), dz, rtol=1e-6)
+    np.testing.assert_allclose(np.diff(ds.y.values), pixel[0], rtol=1e-6)
+    np.testing.assert_allclose(np.diff(ds.x.values), pixel[1], rtol=1e-6)
+    assert ds.attrs["spacing"] == pytest.approx([dz, *pixel], rel=1e-6)
+    np.testing.assert_allclose(ds.position.values[0], origin, atol=1e-4)
+    assert ds.attrs["tilt_deg"] == pytest.approx(tilt, abs=0.01)
