@@ -82,7 +82,7 @@ def _preload():
     import xarray  # noqa: F401
     import zarr  # noqa: F401
 
-    import ctvol.ingest  # noqa: F401
+    import ctvol._ingest  # noqa: F401
     import ctvol.io.store  # noqa: F401
 
 
@@ -123,13 +123,13 @@ class _Series:
         """One ingest into a store path never used before, on ``workers`` threads."""
         import dask
 
-        import ctvol
+        from ctvol import ingest
 
         store = os.path.join(self.tmp, f"cohort-{next(self._stores)}.zarr")
         with dask.config.set(scheduler="threads", num_workers=workers):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                report = ctvol.ingest(self.folder, store, progress=False)
+                report = ingest(self.folder, store, progress=False)
         if len(report.written) != 1:  # a skipped or failed series would time nothing
             raise RuntimeError(f"ingest wrote {report.written!r}:\n{report.summary()}")
         return report

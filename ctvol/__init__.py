@@ -6,7 +6,9 @@ patient frame (z along the slice normal), geometry in attrs
 (``docs/storage.md``).
 
 Heavy dependencies (pydicom, zarr, xarray, dask, torch) are imported by the
-functions that need them, so ``import ctvol`` stays fast.
+functions that need them, so ``import ctvol`` stays fast. Verbs live in
+private modules named after them (``_ingest.py``), as in dask-image and
+scikit-image, so no submodule can shadow a function of the same name.
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ __all__ = [
     "open_series",
 ]
 
-# Verbs whose module has the same name are imported eagerly (their modules
-# import nothing heavy): a lazy attribute would be shadowed by the submodule
-# as soon as anything imports ``ctvol.ingest``.
-from .ingest import IngestReport, ingest  # noqa: E402
-
 _LAZY = {
+    "IngestReport": "ctvol._ingest",
+    "ingest": "ctvol._ingest",
     "catalog": "ctvol.io.store",
     "list_series": "ctvol.io.store",
     "open_cohort": "ctvol.io.store",
@@ -38,6 +37,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from ._ingest import IngestReport, ingest
     from .io.store import catalog, list_series, open_cohort, open_series
 
 

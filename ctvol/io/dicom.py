@@ -9,7 +9,6 @@ picklable records.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,20 @@ LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "SURVIEW", "TOPOGRAM", "SCANOGRAM"}
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length 0
+# Transfer syntaxes whose pixel data the pixel pass decodes straight from the
+# value's offset with pydicom's decoders (little endian; native or encapsulated).
+_FAST_SYNTAXES = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+}
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 
 
@@ -75,6 +88,14 @@ class SliceHeader:
     gantry_tilt: float | None
     transfer_syntax: str
     pixel_padding: tuple[int, int | None] | None
+    #: Where the PixelData value starts (bytes) and pydicom's decoding options
+    #: (rows, columns, bits_allocated, ...): lets the pixel pass decode without
+    #: re-parsing the header. None when the pixel pass must read the file whole.
+    pixel_offset: int | None = None
+    pixel_options: dict[str, Any] | None = None
+    #: (RescaleSlope, RescaleIntercept); None when a Modality LUT Sequence applies.
+    rescale: tuple[float, float] | None = None
+    file_size: int = 0
 
 
 @dataclass
@@ -239,8 +260,9 @@ def read_header(path: str) -> FileRecord:
 
     rec = FileRecord(path=path)
     try:
-        with _open(path) as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns on odd-but-readable headers
+        # No warnings.catch_warnings() here: it swaps process-global filters
+        # and is not thread-safe (concurrent tasks can leave "ignore" behind).
+        with _open(path) as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(0)
@@ -283,6 +305,23 @@ def read_header(path: str) -> FileRecord:
 
     pad = ds.get("PixelPaddingValue")
     pad_lim = ds.get("PixelPaddingRangeLimit")
+    implicit = ts == "1.2.840.10008.1.2"
+    options = {
+        "rows": _int_or_none(ds.get("Rows")),
+        "columns": _int_or_none(ds.get("Columns")),
+        "samples_per_pixel": _int_or_none(ds.get("SamplesPerPixel")) or 1,
+        "bits_allocated": _int_or_none(ds.get("BitsAllocated")),
+        "bits_stored": _int_or_none(ds.get("BitsStored")),
+        "pixel_representation": _int_or_none(ds.get("PixelRepresentation")),
+        "photometric_interpretation": _str(ds.get("PhotometricInterpretation")),
+        "number_of_frames": _int_or_none(ds.get("NumberOfFrames")) or 1,
+        "pixel_keyword": "PixelData",
+    }
+    fast = all(v not in (None, "") for v in options.values()) and ts in _FAST_SYNTAXES
+    slope = _float_or_none(ds.get("RescaleSlope"))
+    intercept = _float_or_none(ds.get("RescaleIntercept"))
+    rescale = None if "ModalityLUTSequence" in ds else (
+        1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
     header = SliceHeader(
         path=path,
         sop_uid=_str(ds.get("SOPInstanceUID")),
@@ -309,6 +348,10 @@ def read_header(path: str) -> FileRecord:
         gantry_tilt=_float_or_none(ds.get("GantryDetectorTilt")),
         transfer_syntax=ts,
         pixel_padding=(int(pad), _int_or_none(pad_lim)) if pad is not None else None,
+        pixel_offset=px_at + (8 if implicit else 12) if fast else None,
+        pixel_options=options if fast else None,
+        rescale=rescale,
+        file_size=size,
     )
     rec.header = header
     return rec
@@ -361,10 +404,65 @@ def _padding_mask(raw: np.ndarray, padding: tuple[int, int | None]) -> np.ndarra
     return (raw >= lo) & (raw <= hi)
 
 
+def _decode_error(path: str, ts: str, exc: Exception) -> DicomReadError:
+    import pydicom.uid
+
+    uid = pydicom.uid.UID(ts) if ts else None
+    if uid is not None and uid.is_compressed:
+        fix = ("Install the pylibjpeg plugins (pip install pylibjpeg pylibjpeg-openjpeg "
+               "pylibjpeg-libjpeg pylibjpeg-rle) or re-export the file uncompressed.")
+    else:
+        fix = "The pixel data are corrupt or disagree with Rows/Columns/Bits; re-export the file."
+    return DicomReadError(
+        f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}; transfer syntax "
+        f"{uid.name if uid else 'unknown'}). {fix}"
+    )
+
+
+def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
+    """Raw stored pixels and the dataset (None on the fast path)."""
+    import pydicom
+    from pydicom.pixels import get_decoder
+
+    if header is not None and header.pixel_options is not None and header.rescale is not None:
+        # Fast path: decode the value the header pass located, with pydicom's
+        # decoder for the transfer syntax; no second parse of the header.
+        try:
+            with _open(path) as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() != header.file_size:
+                    raise DicomReadError(
+                        f"{path}: the file changed size since the header pass "
+                        f"({header.file_size} -> {fh.tell()} bytes); re-run ingest"
+                    )
+                fh.seek(header.pixel_offset)
+                decoder = get_decoder(header.transfer_syntax)
+                raw, _ = decoder.as_array(fh, index=0, **header.pixel_options)
+        except DicomReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _decode_error(path, header.transfer_syntax, exc) from exc
+        return raw, None
+    try:
+        with _open(path) as fh:
+            ds = pydicom.dcmread(fh)
+            raw = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001
+        meta = getattr(locals().get("ds"), "file_meta", None)
+        raise _decode_error(path, str(getattr(meta, "TransferSyntaxUID", "") or ""), exc) from exc
+    sop = header.sop_uid if header is not None else None
+    if sop is not None and str(ds.get("SOPInstanceUID", "")) != sop:
+        raise DicomReadError(
+            f"{path}: SOPInstanceUID changed since the header pass "
+            f"({sop} -> {ds.get('SOPInstanceUID')}); re-run ingest"
+        )
+    return raw, ds
+
+
 def decode_hu(
     path: str,
     *,
-    expected_sop_uid: str | None = None,
+    header: SliceHeader | None = None,
     padding_fill: int | None = -1024,
 ) -> tuple[np.ndarray, float]:
     """Decode one slice to Hounsfield units as int16.
@@ -373,9 +471,12 @@ def decode_hu(
     ----------
     path : str
         Local path or fsspec URL of a single-frame image.
-    expected_sop_uid : str, optional
-        The SOPInstanceUID the header pass saw; a different value means the
-        file changed between passes and is refused.
+    header : SliceHeader, optional
+        What the header pass read from this file. With it, the pixel data are
+        decoded straight from their offset (pydicom's decoder for the transfer
+        syntax, the header's rescale), and a file that changed size or
+        SOPInstanceUID since that pass is refused. Without it, or when a
+        Modality LUT Sequence applies, the file is read whole.
     padding_fill : int or None, default -1024
         HU given to pixels flagged by PixelPaddingValue (and
         PixelPaddingRangeLimit); ``None`` keeps their modality-LUT value.
@@ -395,42 +496,36 @@ def decode_hu(
     HounsfieldRangeError
         The HU values do not fit int16 (names the file and the range).
     """
-    import pydicom
+    from pydicom import Dataset
     from pydicom.pixels import apply_modality_lut
 
-    try:
-        with _open(path) as fh:
-            ds = pydicom.dcmread(fh)
-            raw = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001
-        ts = getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None)
-        raise DicomReadError(
-            f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc}; transfer syntax "
-            f"{ts.name if ts else 'unknown'}). Install the pylibjpeg plugins "
-            "(pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg pylibjpeg-rle) "
-            "or re-export the file uncompressed."
-        ) from exc
-    if expected_sop_uid is not None and str(ds.get("SOPInstanceUID", "")) != expected_sop_uid:
-        raise DicomReadError(
-            f"{path}: SOPInstanceUID changed since the header pass "
-            f"({expected_sop_uid} -> {ds.get('SOPInstanceUID')}); re-run ingest"
-        )
-
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    if "ModalityLUTSequence" not in ds and slope == 1.0 and intercept.is_integer():
+    raw, ds = _read_raw(path, header)
+    if ds is None:
+        assert header is not None and header.rescale is not None
+        slope, intercept = header.rescale
+        padding = header.pixel_padding
+        lut_ds = Dataset()
+        lut_ds.RescaleSlope, lut_ds.RescaleIntercept = slope, intercept
+    else:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        pad = ds.get("PixelPaddingValue")
+        padding = (int(pad), _int_or_none(ds.get("PixelPaddingRangeLimit"))) if pad is not None \
+            else None
+        lut_ds = ds
+    if (ds is None or "ModalityLUTSequence" not in ds) and slope == 1.0 \
+            and float(intercept).is_integer():
         # Exact integer path: pydicom's apply_modality_lut computes the same
         # values in float64, ~3x slower (../shared/MEASURED.md); tested equal.
         hu = raw.astype(np.int32) + int(intercept)
         rounding = 0.0
     else:
-        lut = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        lut = np.asarray(apply_modality_lut(raw, lut_ds), dtype=np.float64)
         hu_f = np.rint(lut)
         rounding = float(np.max(np.abs(hu_f - lut))) if lut.size else 0.0
         hu = hu_f
-    pad = ds.get("PixelPaddingValue")
-    if pad is not None and padding_fill is not None:
-        mask = _padding_mask(raw, (int(pad), _int_or_none(ds.get("PixelPaddingRangeLimit"))))
+    if padding is not None and padding_fill is not None:
+        mask = _padding_mask(raw, padding)
         if mask.any():
             hu = np.where(mask, padding_fill, hu)
     lo, hi = (hu.min(), hu.max()) if hu.size else (0, 0)

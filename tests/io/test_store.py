@@ -30,8 +30,9 @@ def test_layout_on_disk(phantom_store: tuple[str, str, np.ndarray]) -> None:
     arr = root[f"series/{key}/hu"]
     assert arr.dtype == np.int16
     assert arr.chunks == (1, 32, 32) and arr.shards == (SHARD_SLICES, 32, 32)
-    codec = arr.metadata.codecs[0].codecs  # sharding codec's inner codecs
-    assert any(type(c).__name__ == "BloscCodec" for c in codec)
+    inner = arr.metadata.codecs[0].codecs  # the sharding codec's inner codecs
+    (blosc,) = [c for c in inner if type(c).__name__ == "BloscCodec"]
+    assert (blosc.cname.value, blosc.shuffle.value) == ("lz4", "bitshuffle")
     assert arr.metadata.dimension_names == ("z", "y", "x")
     assert set(root["catalog"].group_keys()) == {"files", "series"}
 
@@ -168,3 +169,16 @@ def test_fsspec_urls_for_inputs_and_store(tmp_path: pathlib.Path) -> None:
     assert list(tree["series"].children) == report.written
     again = ctvol.ingest(f"memory://{root}/in", f"memory://{root}/c.zarr")
     assert again.unchanged == report.written
+
+
+def test_zstd_compressor_and_bad_name(tmp_path: pathlib.Path) -> None:
+    hu = head_phantom((4, 32, 32), seed=9)
+    write_dicom_series(tmp_path / "in", hu)
+    report = ctvol.ingest(tmp_path / "in", tmp_path / "z.zarr", compressor="zstd")
+    arr = zarr.open_group(report.store, mode="r")[f"series/{report.written[0]}/hu"]
+    (blosc,) = [c for c in arr.metadata.codecs[0].codecs if type(c).__name__ == "BloscCodec"]
+    assert blosc.cname.value == "zstd"
+    np.testing.assert_array_equal(ctvol.open_series(report.store, report.written[0]).hu, hu)
+    with pytest.raises(ValueError, match=r"one of \['lz4', 'zstd'\]"):
+        ctvol.ingest(tmp_path / "in", tmp_path / "bad.zarr", compressor="gzip")
+    assert not (tmp_path / "bad.zarr").exists()

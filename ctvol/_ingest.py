@@ -113,6 +113,7 @@ def ingest(
     split_gaps: bool = True,
     max_obliquity_deg: float = 45.0,
     padding_fill: int | None = -1024,
+    compressor: str | Any = "lz4",
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> IngestReport:
@@ -140,6 +141,9 @@ def ingest(
     padding_fill : int or None, default -1024
         HU written where PixelPaddingValue flags padding; None keeps the
         modality-LUT value.
+    compressor : {"lz4", "zstd"} or zarr codec, default "lz4"
+        Lossless codec for ``hu`` (Blosc with bit-shuffle): ``"lz4"`` is fast
+        (~2.3x on CT), ``"zstd"`` ~15 % smaller and ~3x slower to write.
     storage_options : mapping, optional
         fsspec options for a remote store.
     progress : bool, default False
@@ -178,6 +182,7 @@ def ingest(
     from .io.dicom import find_files, read_headers
 
     so = dict(storage_options or {}) or None
+    st.hu_codec(compressor)  # validate before touching anything
     url = st._url(store)
     root = st.open_store(url, create=True, storage_options=so)  # fail fast on a bad path
 
@@ -207,14 +212,19 @@ def ingest(
 
     history = f"ctvol {__version__} ingest(padding_fill={padding_fill}, split_gaps={split_gaps})"
     finals = []
+    if to_write:
+        root.require_group("series")  # once, before tasks create groups inside it
     for plan in to_write:
-        st.begin_series(url, plan, history=history, storage_options=so)
+        # Creating a series' group is a task too (~0.1-0.3 s of metadata and
+        # coordinate writes): series are created in parallel, and each one's
+        # shards wait only for their own group.
+        key = dask.delayed(st.begin_series, pure=False)(
+            url, plan, history=history, compressor=compressor, storage_options=so)
         blocks = []
         for z0 in range(0, len(plan.headers), st.SHARD_SLICES):
             hs = plan.headers[z0 : z0 + st.SHARD_SLICES]
             blocks.append(dask.delayed(st.write_slices, pure=False)(
-                url, plan.key, z0, [h.path for h in hs], [h.sop_uid for h in hs],
-                padding_fill=padding_fill, storage_options=so,
+                url, key, z0, hs, padding_fill=padding_fill, storage_options=so,
             ))
         finals.append(dask.delayed(st.finish_series, pure=False)(
             url, plan.key, blocks, storage_options=so))
