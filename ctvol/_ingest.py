@@ -67,8 +67,6 @@ class IngestReport:
 
     def summary(self) -> str:
         """The series table as text, with a one-line headline."""
-        from .io._series import REASONS  # noqa: F401  (reason codes documented there)
-
         s = self.series
         ok = s[s["status"].isin(["ok", "unchanged"])]
         head = (

@@ -15,6 +15,7 @@ from pydicom.pixels import apply_modality_lut
 
 import ctvol
 from ctvol.errors import GeometryWarning, NoInputError, StoreError
+from ctvol.io._series import REASONS
 from ctvol.testing import (
     head_phantom,
     truncate_file,
@@ -54,6 +55,7 @@ def _check_nothing_lost(report: ctvol.IngestReport, inputs: pathlib.Path) -> Non
     assert set(report.files["status"]) <= {"stored", "excluded"}
     excluded = report.files[report.files["status"] == "excluded"]
     assert (excluded["reason"] != "").all() and (excluded["detail"] != "").all()
+    assert set(excluded["reason"]) <= set(REASONS)  # every code is documented
     stored = report.files[report.files["status"] == "stored"]
     for key, n in stored.groupby("key").size().items():
         assert ctvol.open_series(report.store, key).sizes["z"] == n
