@@ -119,29 +119,27 @@ def _duplicate_copy(d: pathlib.Path) -> None:
     shutil.copy(paths[2], d / "zz_copy.dcm")
 
 
-def _duplicate_sop_conflict(d: pathlib.Path) -> None:
+def _copy_with_other_pixels(d: pathlib.Path, name: str, *, new_sop_uid: bool) -> None:
+    """Copy slice 2 of a fresh series to ``name``, changing one pixel."""
     paths = _series(d, shuffle_names=False)
-    shutil.copy(paths[2], d / "zz_conflict.dcm")
-
-    def change(ds: pydicom.Dataset) -> None:
-        arr = ds.pixel_array.copy()
-        arr[0, 0] += 1
-        ds.PixelData = arr.tobytes()
-
-    _edit(d / "zz_conflict.dcm", change)
-
-
-def _same_position_other_pixels(d: pathlib.Path) -> None:
-    paths = _series(d, shuffle_names=False)
-    shutil.copy(paths[2], d / "zz_extra.dcm")
+    shutil.copy(paths[2], d / name)
 
     def change(ds: pydicom.Dataset) -> None:
         arr = ds.pixel_array.copy()
         arr[5, 5] += 7
         ds.PixelData = arr.tobytes()
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        if new_sop_uid:
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
 
-    _edit(d / "zz_extra.dcm", change)
+    _edit(d / name, change)
+
+
+def _duplicate_sop_conflict(d: pathlib.Path) -> None:
+    _copy_with_other_pixels(d, "zz_conflict.dcm", new_sop_uid=False)
+
+
+def _same_position_other_pixels(d: pathlib.Path) -> None:
+    _copy_with_other_pixels(d, "zz_extra.dcm", new_sop_uid=True)
 
 
 def _missing_slice(d: pathlib.Path) -> None:
