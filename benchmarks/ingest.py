@@ -2,7 +2,7 @@
 
 Data (written once by ``setup_cache``, untimed):
 
-- ``phantom-32``, ``phantom-128``: synthetic head-phantom series, 512 x 512,
+- ``phantom-32``, ``phantom-512``: synthetic head-phantom series, 512 x 512,
   Explicit VR LE, shuffled file names, written with :mod:`ctvol.testing`.
   Compare ``peakmem_ingest`` across the two: ingest streams 32-slice shards,
   so its peak memory must not grow with series length (the decode loop's does).
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "dcm_qa_ct_philips" / "S21570" / "S2020"
 FULL = REPO.parent / "shared" / "data" / "dcm_qa_ct_philips" / "S21570" / "S2020"
 
-SYNTHETIC = (32, 128)
+SYNTHETIC = (32, 512)  # 512: fixed per-run costs (catalog, store) amortised
 PHANTOM_SLICES = 64  # head_phantom at 512^2 takes ~4 s per 64 slices: tile it
 SERIES = [f"phantom-{n}" for n in SYNTHETIC] + ["philips-30", "philips-140"]
 WORKERS = [1, 2]
