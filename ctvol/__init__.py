@@ -25,20 +25,28 @@ __all__ = [
     "list_series",
     "open_cohort",
     "open_series",
+    "load_model",
+    "reslice",
+    "write",
 ]
 
 _LAZY = {
     "IngestReport": "ctvol._ingest",
     "ingest": "ctvol._ingest",
+    "reslice": "ctvol._reslice",
+    "load_model": "ctvol.models",
     "catalog": "ctvol.io.store",
     "list_series": "ctvol.io.store",
     "open_cohort": "ctvol.io.store",
     "open_series": "ctvol.io.store",
+    "write": "ctvol.io.store",
 }
 
 if TYPE_CHECKING:
     from ._ingest import IngestReport, ingest
-    from .io.store import catalog, list_series, open_cohort, open_series
+    from ._reslice import reslice
+    from .io.store import catalog, list_series, open_cohort, open_series, write
+    from .models import load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ``ctvol ingest`` and ``ctvol info``.
+"""The ``ctvol`` command line: ``ctvol ingest``, ``ctvol reslice``, ``ctvol info``.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -99,6 +99,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reslice(args: argparse.Namespace) -> int:
+    import ctvol
+    from ctvol.errors import CtvolError
+
+    keys = args.series or ctvol.list_series(args.store)
+    if not keys:
+        print(f"ctvol reslice: no complete series in {args.store}", file=sys.stderr)
+        return 1
+    failed = []
+    with _scheduler(args.scheduler, args.workers):
+        for key in keys:
+            try:
+                ds = ctvol.open_series(args.store, key)
+                out = ctvol.reslice(ds, args.factor, spacing=args.spacing, method=args.method,
+                                    model=args.model, batch_size=args.batch_size,
+                                    device=args.device)
+            except (ValueError, FileNotFoundError, CtvolError) as exc:
+                print(f"skipped {key}: {exc}", file=sys.stderr)
+                failed.append(key)
+                continue
+            if not args.quiet:
+                print(f"{key}: {ds.sizes['z']} slices at {ds.attrs['spacing'][0]:.4g} mm -> "
+                      f"{out.sizes['z']} at {out.attrs['spacing'][0]:.4g} mm "
+                      f"({int(out.generated.sum())} generated, {args.method})", flush=True)
+            ctvol.write(out, args.output, key, progress=not args.quiet)
+    print(f"{len(keys) - len(failed)} series resliced into {args.output}"
+          + (f"; {len(failed)} skipped" if failed else ""))
+    return EXIT_PARTIAL if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ctvol import __version__
 
@@ -120,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("reslice", help="generate inter-slice slices: cohort store -> store")
+    p.add_argument("store", help="input cohort store")
+    p.add_argument("-o", "--output", required=True, help="output store (.zarr path or URL)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--factor", type=int, help="re-slice factor k (output dz = dz / k)")
+    target.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing (mm)")
+    p.add_argument("--method", choices=["unet", "linear"], default="unet")
+    p.add_argument("--model", help="checkpoint folder or bundled model name (method unet)")
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
+    p.add_argument("--batch-size", type=int, default=16, help="slice pairs per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when available")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_reslice)
 
     p = sub.add_parser("info", help="print a store's catalog")
     p.add_argument("store")

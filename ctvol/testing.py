@@ -790,3 +790,19 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[Callable[..., Any]
     scheduler = _CountingScheduler(max_computes)
     with dask.config.set(scheduler=scheduler):
         yield scheduler
+
+
+def tiny_model(factor: int = 3, *, seed: int = 0, output: str = "residual") -> Any:
+    """A tiny, seeded, untrained reslice U-net (depth 2, 4 base filters) for tests.
+
+    Its outputs are deterministic but meaningless; it exercises the model,
+    checkpoint and inference code paths on CPU in milliseconds.
+    """
+    import torch
+
+    from .models import ResliceModel
+    from .models.unet import UNet
+
+    torch.manual_seed(seed)
+    return ResliceModel(UNet(factor, depth=2, base=4, output=output),
+                        provenance={"trained": False, "seed": seed})

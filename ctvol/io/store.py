@@ -40,6 +40,7 @@ __all__ = [
     "list_series",
     "open_cohort",
     "open_series",
+    "write",
 ]
 
 FORMAT_VERSION = 1
@@ -472,3 +473,65 @@ def catalog(
         if df[col].dtype == object or str(df[col].dtype).startswith(("string", "str")):
             df[col] = df[col].astype(object)
     return df
+
+
+def write(
+    ds: xr.Dataset,
+    store: str | os.PathLike[str],
+    key: str,
+    *,
+    compressor: str | Any = "lz4",
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write a volume into a cohort store as series ``key`` (streams the graph).
+
+    The Dask graph behind ``ds`` is computed shard by shard (dask chunks are
+    aligned to the 32-slice shards first), so memory stays bounded by a few
+    blocks; the ``complete`` flag is set last, as for ingested series.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        ``hu`` (z, y, x) int16 in HU, e.g. the output of :func:`ctvol.reslice`.
+    store : path or URL
+        A cohort store (created if absent).
+    key : str
+        Series key; an existing series with that key is replaced.
+
+    Returns
+    -------
+    str
+        The key.
+    """
+    import dask.array as da
+
+    from .._compute import compute
+
+    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
+        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
+    root = open_store(store, create=True, storage_options=storage_options)
+    root.require_group("series")
+    hu = ds["hu"].data
+    if not isinstance(hu, da.Array):
+        hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))
+    # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
+    zc = max(hu.chunks[0][0], 1)
+    hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
+    out = ds.copy()
+    out["hu"] = (("z", "y", "x"), hu.astype(np.int16), ds["hu"].attrs)
+    out.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
+    rows, cols = hu.shape[1:]
+    encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
+                                       "shards": (SHARD_SLICES, rows, cols),
+                                       "compressors": hu_codec(compressor)}}
+    for name, var in out.coords.items():
+        if var.dims == ("z",):
+            encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
+    delayed = out.to_zarr(
+        _url(store), group=f"series/{key}", mode="w", zarr_format=3, consolidated=False,
+        compute=False, encoding=encoding, storage_options=dict(storage_options or {}) or None,
+    )
+    compute([delayed], progress=progress)
+    _open_root(_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
+    return key

@@ -1,0 +1,279 @@
+"""``ctvol.reslice``: generate the k-1 slices between acquired neighbours, lazily."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import GeometryError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["plan_factor", "reslice"]
+
+METHODS = ("unet", "linear")
+#: Factors of the paper's re-slice systems (1/3, 1/4, 1/5).
+PAPER_FACTORS = (3, 4, 5)
+#: Relative tolerance on slice steps and on target-spacing arithmetic.
+RTOL = 1e-3
+
+
+def _check_factor(factor: Any) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    return int(factor)
+
+
+def plan_factor(
+    dz: float, *, factor: int | None = None, spacing: float | None = None,
+    factors: Iterable[int] | None = None,
+) -> tuple[int, int]:
+    """Choose the re-slice factor k and the keep-every-m step for a target.
+
+    Parameters
+    ----------
+    dz : float
+        Acquired slice spacing in mm.
+    factor : int, optional
+        Use this factor (m = 1).
+    spacing : float, optional
+        Target spacing in mm: find k (from ``factors``) and m with
+        ``dz / k * m == spacing``, m dividing k so acquired slices are kept;
+        the smallest such k wins.
+    factors : iterable of int, optional
+        Factors available (models that exist); default 2..10.
+
+    Returns
+    -------
+    (k, m)
+
+    Raises
+    ------
+    ValueError
+        Neither or both of factor/spacing, or an unreachable spacing (the
+        message lists the reachable spacings).
+
+    Examples
+    --------
+    >>> plan_factor(4.0, spacing=2.0, factors=(3, 4, 5))   # the paper's example
+    (4, 2)
+    >>> plan_factor(5.0, spacing=1.0, factors=(3, 4, 5))
+    (5, 1)
+    """
+    if (factor is None) == (spacing is None):
+        raise ValueError("give exactly one of factor= or spacing=")
+    if factor is not None:
+        return _check_factor(factor), 1
+    assert spacing is not None
+    if not spacing > 0:
+        raise ValueError(f"spacing must be > 0 mm, got {spacing!r}")
+    cands = sorted(set(factors)) if factors is not None else list(range(2, 11))
+    reachable: dict[float, tuple[int, int]] = {}
+    for k in cands:
+        for m in range(1, k):
+            if k % m == 0:
+                reachable.setdefault(round(dz * m / k, 6), (k, m))
+    for s, (k, m) in sorted(reachable.items(), key=lambda kv: kv[1]):
+        if abs(s - spacing) <= RTOL * spacing:
+            return k, m
+    listed = ", ".join(f"{s:g}" for s in sorted(reachable, reverse=True)) or "none"
+    raise ValueError(
+        f"target spacing {spacing:g} mm is not reachable from dz = {dz:g} mm with factors "
+        f"{cands}: reachable spacings are {listed} mm"
+    )
+
+
+def _resolve_model(model: Any, k: int) -> Any:
+    from .models import ResliceModel, bundled_models, load_model
+
+    if model is None:
+        names = [n for n, f in bundled_models().items() if f == k]
+        if not names:
+            have = ", ".join(f"{n} (x{f})" for n, f in bundled_models().items()) or "none yet"
+            raise FileNotFoundError(
+                f"no bundled U-net for factor {k} (bundled models: {have}); pass model=PATH "
+                "to a checkpoint, train one with `ctvol train`, or use method='linear'"
+            )
+        model = names[0]
+    loaded = model if isinstance(model, ResliceModel) else load_model(model)
+    if loaded.factor != k:
+        raise ValueError(
+            f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was asked; "
+            f"use factor={loaded.factor} or a model trained for {k}"
+        )
+    # Checkpoints on disk travel to workers as their path (each worker process
+    # loads it once); an in-memory model travels as one shared graph key.
+    return (loaded.path if loaded.path else loaded), loaded
+
+
+def reslice(
+    ds: xr.Dataset,
+    factor: int | None = None,
+    *,
+    spacing: float | None = None,
+    method: str = "unet",
+    model: Any = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    amp: bool = False,
+) -> xr.Dataset:
+    """Generate the slices between acquired neighbours (lazy, as a Dask graph).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A volume (``docs/storage.md``): ``hu`` (z, y, x) in HU, evenly spaced
+        along z (mm).
+    factor : int, optional
+        Re-slice factor k >= 2: the output spacing is dz / k.
+    spacing : float, optional
+        Target spacing in mm instead of ``factor`` (see :func:`plan_factor`);
+        with ``method="unet"`` only factors of the available models count.
+    method : {"unet", "linear"}, default "unet"
+        ``"linear"`` is the paper's baseline (distance-weighted average).
+    model : str, path or ResliceModel, optional
+        Checkpoint for ``"unet"``; default: the bundled model for the factor.
+    batch_size : int, default 16
+        Slice pairs per forward pass.
+    device : str, optional
+        ``"cuda"`` / ``"cpu"``; default CUDA when available.
+    amp : bool, default False
+        bf16 autocast on CUDA.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``hu`` with (N-1)·k + 1 slices at dz/k (every m-th kept for a spacing
+        target), a boolean ``generated`` coordinate, ``acquired_index`` (input
+        slice index, -1 for generated slices), updated spacing and history.
+        Output slice i·k is input slice i, bit for bit.
+
+    Raises
+    ------
+    ValueError
+        Bad factor, method, batch size, or an unreachable spacing.
+    GeometryError
+        Fewer than 2 slices, or uneven spacing.
+    FileNotFoundError
+        ``method="unet"`` without a model for the factor.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, ctvol
+    >>> hu = np.stack([np.zeros((4, 4)), np.full((4, 4), 300)]).astype("int16")
+    >>> ds = xr.Dataset({"hu": (("z", "y", "x"), hu)}, coords={"z": [0.0, 3.0]})
+    >>> out = ctvol.reslice(ds.chunk(), 3, method="linear")
+    >>> out.hu[:, 0, 0].values.tolist(), out.z.values.tolist()
+    ([0, 100, 200, 300], [0.0, 1.0, 2.0, 3.0])
+    """
+    import dask.array as da
+    import xarray as xr
+
+    from . import __version__
+    from .inference import resolve_device
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if (factor is None) == (spacing is None):
+        raise ValueError("give exactly one of factor= or spacing=")
+    if factor is not None:
+        _check_factor(factor)
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
+        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
+    name = ds.attrs.get("series_uid", "the series")
+    z = np.asarray(ds["z"].values, dtype=np.float64)  # an index coordinate: in memory
+    if z.size < 2:
+        raise GeometryError(f"{name} has {z.size} slice(s): reslicing needs at least 2")
+    steps = np.diff(z)
+    dz = float(np.median(steps))
+    if dz <= 0 or np.any(np.abs(steps - dz) > RTOL * abs(dz) + 1e-6):
+        bad = int(np.argmax(np.abs(steps - dz)))
+        raise GeometryError(
+            f"{name} has uneven slice spacing: a {steps[bad]:.4g} mm step at z={z[bad]:.2f} mm "
+            f"(expected {dz:.4g} mm). Ingest splits such series into contiguous runs "
+            "(ctvol.ingest(..., split_gaps=True), keys ending _r1, _r2); reslice each run"
+        )
+
+    factors = None
+    loaded = None
+    if method == "unet" and spacing is not None and model is None:
+        from .models import bundled_models
+
+        factors = sorted(set(bundled_models().values())) or None
+        if factors is None:
+            _resolve_model(None, 3)  # raises: no bundled models at all
+    if method == "unet" and spacing is not None and model is not None:
+        _, loaded = _resolve_model(model, _model_factor(model))
+        factors = [loaded.factor]
+    k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
+    source = None
+    if method == "unet":
+        source, loaded = _resolve_model(model if model is not None else None, k)
+    dev = resolve_device(device) if method == "unet" else "cpu"
+
+    hu = ds["hu"].data
+    if not isinstance(hu, da.Array):
+        hu = da.from_array(hu, chunks=(32, -1, -1))
+    hu = hu.rechunk({1: -1, 2: -1})
+    nxt = da.concatenate([hu[1:], hu[-1:]], axis=0).rechunk(hu.chunks)
+    zc = hu.chunks[0]
+    out_chunks = tuple(c * k for c in zc[:-1]) + ((zc[-1] - 1) * k + 1,)
+
+    model_arg: Any = source
+    if method == "unet" and not isinstance(source, str):
+        import dask
+
+        model_arg = dask.delayed(source)  # one graph key, shared by every task
+    out = da.map_blocks(
+        _block, hu, nxt, model_arg, k=k, nblocks=len(zc), method=method, device=dev,
+        batch_size=batch_size, amp=amp, chunks=(out_chunks, hu.shape[1], hu.shape[2]),
+        dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
+        token=f"reslice-{method}-x{k}",
+    )
+
+    n_out = (z.size - 1) * k + 1
+    idx = np.arange(n_out)
+    generated = idx % k != 0
+    z_out = z[0] + idx * (dz / k)
+    z_out[~generated] = z  # acquired slices keep their exact positions
+    acquired = np.where(generated, -1, idx // k)
+    attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
+    spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
+    attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
+    desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, method={method!r}"
+            + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
+            + ")")
+    attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])), desc]
+    attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
+                        "source_spacing_mm": dz,
+                        "model_digest": loaded.digest if loaded is not None else None}
+    coords = {"z": ("z", z_out, ds["z"].attrs), "generated": ("z", generated),
+              "acquired_index": ("z", acquired)}
+    for c in ("y", "x"):
+        if c in ds.coords:
+            coords[c] = ds[c]
+    result = xr.Dataset({"hu": (("z", "y", "x"), out, ds["hu"].attrs)}, coords=coords,
+                        attrs=attrs)
+    return result.isel(z=slice(None, None, m)) if m > 1 else result
+
+
+def _model_factor(model: Any) -> int:
+    from .models import ResliceModel, load_model
+
+    return (model if isinstance(model, ResliceModel) else load_model(model)).factor
+
+
+def _block(cur: np.ndarray, nx: np.ndarray, model: Any, *, k: int, nblocks: int,
+           method: str, device: str, batch_size: int, amp: bool,
+           block_info: Any = None) -> np.ndarray:
+    from .inference import reslice_block
+
+    i = block_info[0]["chunk-location"][0]
+    return reslice_block(cur, nx, k=k, last=i == nblocks - 1, method=method, model=model,
+                         device=device, batch_size=batch_size, amp=amp)

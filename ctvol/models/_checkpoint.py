@@ -1,0 +1,173 @@
+"""Reslice models and their checkpoints: safetensors weights + a JSON config.
+
+A checkpoint is a folder::
+
+    model.safetensors   the weights (loading never unpickles)
+    config.json         {"format": "ctvol-reslice-model", "version": 1,
+                         "architecture": {...}, "factor": k,
+                         "window": [-1024, 1024], "provenance": {...}}
+
+Bundled models live in ``ctvol/models/bundled/<name>/`` and are found by
+name (:func:`bundled_models`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..intensity import HU_WINDOW
+
+__all__ = ["ResliceModel", "bundled_models", "load_model", "save_model"]
+
+FORMAT = "ctvol-reslice-model"
+BUNDLED = pathlib.Path(__file__).with_name("bundled")
+
+
+class ResliceModel:
+    """A trained inter-slice network with its config (a stateful object).
+
+    Parameters
+    ----------
+    net : ctvol.models.unet.UNet
+    window : (float, float)
+        Intensity window in HU that maps to [0, 1] (the paper: -1024..1024).
+    provenance : dict, optional
+        Training facts (data, pixel spacing, kernel, epochs...), kept in the
+        checkpoint's config.
+    """
+
+    def __init__(self, net: Any, *, window: tuple[float, float] = HU_WINDOW,
+                 provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
+        self.net = net.eval()
+        self.window = (float(window[0]), float(window[1]))
+        self.provenance = dict(provenance or {})
+        self.path = path
+        self._digest: str | None = None
+        self._device = "cpu"
+
+    @property
+    def factor(self) -> int:
+        """Re-slice factor k: the model generates k-1 slices per pair."""
+        return int(self.net.factor)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "architecture": dict(self.net.config),
+                "factor": self.factor, "window": list(self.window),
+                "provenance": self.provenance}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the weights and config: identifies the model in caches and reports."""
+        if self._digest is None:
+            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+            for name, t in sorted(self.net.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def to(self, device: str) -> ResliceModel:
+        import torch
+
+        self.net.to(torch.device(device), memory_format=torch.channels_last)
+        self._device = device
+        return self
+
+    def predict(self, pairs: np.ndarray, *, batch_size: int = 16, amp: bool = False) -> np.ndarray:
+        """Run pairs through the network in batches.
+
+        Parameters
+        ----------
+        pairs : (n, 2, H, W) float32 array in [0, 1]
+        batch_size : int
+        amp : bool
+            bf16 autocast (CUDA only; slower on CPUs without AMX).
+
+        Returns
+        -------
+        (n, k-1, H, W) float32 array in [0, 1]
+        """
+        import torch
+
+        device = torch.device(self._device)
+        out = np.empty((pairs.shape[0], self.factor - 1, *pairs.shape[2:]), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, pairs.shape[0], batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(pairs[s : s + batch_size]))
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                if amp and device.type == "cuda":
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = self.net(x)
+                else:
+                    y = self.net(x)
+                out[s : s + batch_size] = y.float().cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        a = self.net.config
+        return (f"<ResliceModel x{self.factor} depth={a['depth']} base={a['base']} "
+                f"output={a['output']} {self.path or '(in memory)'}>")
+
+
+def save_model(model: ResliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+    from safetensors.torch import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    model.path = str(out)
+    return out
+
+
+def bundled_models() -> dict[str, int]:
+    """Names of the models shipped with ctvol and their factors."""
+    found = {}
+    if BUNDLED.is_dir():
+        for cfg in sorted(BUNDLED.glob("*/config.json")):
+            found[cfg.parent.name] = int(json.loads(cfg.read_text())["factor"])
+    return found
+
+
+def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
+    """Load a checkpoint by bundled name or by folder path (never unpickles).
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a bundled name nor a checkpoint folder; lists the bundled ones.
+    ValueError
+        The folder is not a ctvol reslice checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    from .unet import UNet
+
+    key = os.fspath(name_or_path)
+    folder = BUNDLED / key if key in bundled_models() else pathlib.Path(key)
+    if folder.is_file() and folder.name in ("config.json", "model.safetensors"):
+        folder = folder.parent
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        names = ", ".join(f"{n} (x{f})" for n, f in bundled_models().items()) or "none yet"
+        raise FileNotFoundError(
+            f"no reslice model {key!r}: not a bundled name and not a folder with config.json "
+            f"and model.safetensors. Bundled models: {names}. Train one with `ctvol train`, "
+            "or use method='linear'"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a ctvol reslice model config (format {FORMAT!r})")
+    net = UNet(**cfg["architecture"])
+    net.load_state_dict(load_file(str(weights)))
+    return ResliceModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]
+                        provenance=cfg.get("provenance"), path=str(folder))
