@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -225,17 +226,22 @@ def reslice(
     zc = hu.chunks[0]
     out_chunks = tuple(c * k for c in zc[:-1]) + ((zc[-1] - 1) * k + 1,)
 
+    import dask
+
     model_arg: Any = source
     if method == "unet" and not isinstance(source, str):
-        import dask
-
         model_arg = dask.delayed(source)  # one graph key, shared by every task
-    out = da.map_blocks(
-        _block, hu, nxt, model_arg, k=k, nblocks=len(zc), method=method, device=dev,
-        batch_size=batch_size, amp=amp, chunks=(out_chunks, hu.shape[1], hu.shape[2]),
-        dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
-        token=f"reslice-{method}-x{k}",
-    )
+    # U-net blocks ask for a GPU where the cluster's workers declare one. Graph
+    # optimisation can drop annotations (dask/dask#7036): ctvol.write computes
+    # without it; see docs/reslice.md for computing such graphs yourself.
+    gpu = method == "unet" and _cluster_has_gpu()
+    with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
+        out = da.map_blocks(
+            _block, hu, nxt, model_arg, k=k, nblocks=len(zc), method=method, device=dev,
+            batch_size=batch_size, amp=amp, chunks=(out_chunks, hu.shape[1], hu.shape[2]),
+            dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
+            token=f"reslice-{method}-x{k}",
+        )
 
     n_out = (z.size - 1) * k + 1
     idx = np.arange(n_out)
@@ -261,6 +267,17 @@ def reslice(
     result = xr.Dataset({"hu": (("z", "y", "x"), out, ds["hu"].attrs)}, coords=coords,
                         attrs=attrs)
     return result.isel(z=slice(None, None, m)) if m > 1 else result
+
+
+def _cluster_has_gpu() -> bool:
+    """True when a distributed Client is active and a worker declares a GPU resource."""
+    from ._compute import active_client
+
+    client = active_client()
+    if client is None:
+        return False
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any("GPU" in (w.get("resources") or {}) for w in workers)
 
 
 def _model_factor(model: Any) -> int:

@@ -475,6 +475,17 @@ def catalog(
     return df
 
 
+def _write_block(block: np.ndarray, *, store: str, path: str,
+                 storage_options: Mapping[str, Any] | None, block_info: Any = None) -> np.ndarray:
+    import zarr
+
+    z0, z1 = block_info[0]["array-location"][0]
+    arr = zarr.open_array(store, path=path, mode="r+",
+                          storage_options=dict(storage_options or {}) or None)
+    arr[z0:z1] = block
+    return np.zeros((block.shape[0], 1, 1), dtype=np.int8)
+
+
 def write(
     ds: xr.Dataset,
     store: str | os.PathLike[str],
@@ -518,20 +529,32 @@ def write(
     # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
     zc = max(hu.chunks[0][0], 1)
     hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
-    out = ds.copy()
-    out["hu"] = (("z", "y", "x"), hu.astype(np.int16), ds["hu"].attrs)
-    out.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
+    hu = hu.astype(np.int16)
+    # Metadata and coordinates through xarray, with a placeholder for hu ...
+    skeleton = ds.drop_vars("hu").assign(
+        hu=(("z", "y", "x"), da.zeros(hu.shape, dtype=np.int16, chunks=hu.chunks),
+            ds["hu"].attrs))
+    skeleton = skeleton.assign_coords(
+        {n: c.compute() for n, c in skeleton.coords.items() if c.chunks is not None})
+    skeleton.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
     rows, cols = hu.shape[1:]
     encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
                                        "shards": (SHARD_SLICES, rows, cols),
                                        "compressors": hu_codec(compressor)}}
-    for name, var in out.coords.items():
+    for name, var in skeleton.coords.items():
         if var.dims == ("z",):
             encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
-    delayed = out.to_zarr(
-        _url(store), group=f"series/{key}", mode="w", zarr_format=3, consolidated=False,
-        compute=False, encoding=encoding, storage_options=dict(storage_options or {}) or None,
+    so = dict(storage_options or {}) or None
+    skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
+                     consolidated=False, compute=False, encoding=encoding, storage_options=so)
+    # ... then pixels block by block, each task writing its own whole shards. A
+    # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
+    # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
+    done = da.map_blocks(
+        _write_block, hu, store=_url(store), path=f"series/{key}/hu", storage_options=so,
+        chunks=(hu.chunks[0], (1,), (1,)), dtype=np.int8, meta=np.empty((0, 0, 0), np.int8),
+        token="ctvol-write",
     )
-    compute([delayed], progress=progress)
+    compute([done], progress=progress)
     _open_root(_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
     return key
