@@ -38,10 +38,32 @@ def _model(source: Any, device: str) -> Any:
     with _LOCK:  # threads of one worker share one copy
         model = _CACHE.get(key)
         if model is None:
+            if not _CACHE:
+                _configure_torch_threads()
             model = source if isinstance(source, ResliceModel) else load_model(source)
             model = model.to(device)
             _CACHE[key] = model
     return model
+
+
+def _configure_torch_threads() -> None:
+    """In a dask.distributed worker, split the cores between the worker's threads.
+
+    Each worker thread runs its own forward passes; torch's intra-op pool per
+    pass is sized so that together they do not oversubscribe the machine.
+    Outside a worker (threads scheduler, plain Python) torch's default stays.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads)))
 
 
 def generate_linear(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:

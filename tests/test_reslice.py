@@ -239,3 +239,24 @@ def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path) -
     assert set(ran_on) == {gpu}
     back = ctvol.open_series(tmp_path / "o.zarr", "k").hu.values
     np.testing.assert_array_equal(back[::3], _volume(n=9).hu.values)
+
+
+def test_cuda_flag_builds_lazily_and_device_resolution() -> None:
+    """The GPU path is a flag away: the graph builds for device='cuda' on any machine."""
+    from ctvol.inference import resolve_device
+
+    out = ctvol.reslice(_volume(n=3), 3, model=tiny_model(3), device="cuda", amp=True)
+    assert out.sizes["z"] == 7
+    assert resolve_device("cpu") == "cpu"
+    import torch
+
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_closely() -> None:
+    ds = _volume(n=3)
+    model = tiny_model(3)
+    cpu = ctvol.reslice(ds, 3, model=model, device="cpu").hu.values.astype(int)
+    gpu = ctvol.reslice(ds, 3, model=tiny_model(3), device="cuda").hu.values.astype(int)
+    assert np.abs(cpu - gpu).max() <= 1
