@@ -88,27 +88,26 @@ def plan_factor(
     )
 
 
-def _resolve_model(model: Any, k: int) -> Any:
-    from .models import ResliceModel, bundled_models, load_model
+def _load(model: Any) -> Any:
+    from .models import ResliceModel, load_model
 
-    if model is None:
-        names = [n for n, f in bundled_models().items() if f == k]
-        if not names:
-            have = ", ".join(f"{n} (x{f})" for n, f in bundled_models().items()) or "none yet"
-            raise FileNotFoundError(
-                f"no bundled U-net for factor {k} (bundled models: {have}); pass model=PATH "
-                "to a checkpoint, train one with `ctvol train`, or use method='linear'"
-            )
-        model = names[0]
-    loaded = model if isinstance(model, ResliceModel) else load_model(model)
-    if loaded.factor != k:
-        raise ValueError(
-            f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was asked; "
-            f"use factor={loaded.factor} or a model trained for {k}"
+    return model if isinstance(model, ResliceModel) else load_model(model)
+
+
+def _bundled_for(k: int | None) -> Any:
+    """The bundled model for factor k (k=None: any), or a FileNotFoundError listing them."""
+    from .models import bundled_models
+
+    bundled = bundled_models()
+    names = [n for n, f in bundled.items() if k is None or f == k]
+    if not names:
+        have = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none yet"
+        what = f"for factor {k}" if k is not None else "at all"
+        raise FileNotFoundError(
+            f"no bundled U-net {what} (bundled models: {have}); pass model=PATH to a "
+            "checkpoint, train one with `ctvol train`, or use method='linear'"
         )
-    # Checkpoints on disk travel to workers as their path (each worker process
-    # loads it once); an in-memory model travels as one shared graph key.
-    return (loaded.path if loaded.path else loaded), loaded
+    return names[0]
 
 
 def reslice(
@@ -201,21 +200,29 @@ def reslice(
             "(ctvol.ingest(..., split_gaps=True), keys ending _r1, _r2); reslice each run"
         )
 
-    factors = None
     loaded = None
-    if method == "unet" and spacing is not None and model is None:
-        from .models import bundled_models
-
-        factors = sorted(set(bundled_models().values())) or None
-        if factors is None:
-            _resolve_model(None, 3)  # raises: no bundled models at all
-    if method == "unet" and spacing is not None and model is not None:
-        _, loaded = _resolve_model(model, _model_factor(model))
-        factors = [loaded.factor]
-    k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
-    source = None
+    factors = None
     if method == "unet":
-        source, loaded = _resolve_model(model if model is not None else None, k)
+        if model is not None:
+            loaded = _load(model)
+            factors = [loaded.factor]
+        elif spacing is not None:
+            from .models import bundled_models
+
+            _bundled_for(None)  # raises when nothing is bundled
+            factors = sorted(set(bundled_models().values()))
+    k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
+    if method == "unet":
+        if loaded is None:
+            loaded = _load(_bundled_for(k))
+        if loaded.factor != k:
+            raise ValueError(
+                f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was "
+                f"asked; use factor={loaded.factor} or a model trained for {k}"
+            )
+    # Checkpoints on disk travel to workers as their path (each worker process
+    # loads it once); an in-memory model travels as one shared graph key.
+    source = (loaded.path or loaded) if loaded is not None else None
     dev = resolve_device(device) if method == "unet" else "cpu"
 
     hu = ds["hu"].data
@@ -278,12 +285,6 @@ def _cluster_has_gpu() -> bool:
         return False
     workers = client.scheduler_info().get("workers", {}).values()
     return any("GPU" in (w.get("resources") or {}) for w in workers)
-
-
-def _model_factor(model: Any) -> int:
-    from .models import ResliceModel, load_model
-
-    return (model if isinstance(model, ResliceModel) else load_model(model)).factor
 
 
 def _block(cur: np.ndarray, nx: np.ndarray, model: Any, *, k: int, nblocks: int,
