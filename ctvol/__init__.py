@@ -27,6 +27,7 @@ __all__ = [
     "open_series",
     "load_model",
     "reslice",
+    "train",
     "write",
 ]
 
@@ -35,6 +36,7 @@ _LAZY = {
     "ingest": "ctvol._ingest",
     "reslice": "ctvol._reslice",
     "load_model": "ctvol.models",
+    "train": "ctvol.training.loop",
     "catalog": "ctvol.io.store",
     "list_series": "ctvol.io.store",
     "open_cohort": "ctvol.io.store",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from ._reslice import reslice
     from .io.store import catalog, list_series, open_cohort, open_series, write
     from .models import load_model
+    from .training.loop import train
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ``ctvol ingest``, ``ctvol reslice``, ``ctvol info``.
+"""The ``ctvol`` command line: ``ctvol ingest``, ``reslice``, ``train``, ``info``.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -129,6 +129,20 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import ctvol
+
+    arch = {"depth": args.depth, "base": args.base, "output": args.output_kind}
+    model = ctvol.train(
+        args.store, args.factor, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
+        lr=args.lr, crop=args.crop or None, architecture=arch, augment=not args.no_augment,
+        device=args.device, num_workers=args.loader_workers, seed=args.seed,
+        resume=args.resume, max_windows=args.max_windows, progress=not args.quiet,
+    )
+    print(f"best model: {model.path} ({model!r}); log: {args.out}/log.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ctvol import __version__
 
@@ -166,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_reslice)
+
+    p = sub.add_parser("train", help="train a reslice U-net from a cohort store (resumable)")
+    p.add_argument("store", help="cohort store")
+    p.add_argument("--factor", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder (last/, best/, log.csv)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--crop", type=int, default=128, help="training crop in pixels (0: none)")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--base", type=int, default=16, help="filters of the first level")
+    p.add_argument("--output-kind", choices=["sigmoid", "residual"], default="sigmoid")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--max-windows", type=int, default=None, help="training windows per epoch")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="print a store's catalog")
     p.add_argument("store")

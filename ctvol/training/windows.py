@@ -1,0 +1,188 @@
+"""Slice-pair windows sampled straight from a cohort store (a torch Dataset).
+
+For factor k a window is built as the paper builds its data sets:
+
+- stride k:  input = slices (i, i+k),  target = slices i+1 … i+k-1;
+- stride 2k: input = slices (i, i+2k), target = slices i+2, i+4, … i+2k-2.
+
+Only the slices a window needs are read from Zarr (never whole volumes).
+Each DataLoader worker process opens its own store handles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..intensity import HU_WINDOW, to_unit
+
+__all__ = ["PairWindows", "Window", "split_of"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training sample: series key, first slice index and stride (k or 2k)."""
+
+    key: str
+    start: int
+    step: int  # distance between target slices: 1 (stride k) or 2 (stride 2k)
+
+    def inputs(self, k: int) -> tuple[int, int]:
+        return self.start, self.start + k * self.step
+
+    def targets(self, k: int) -> list[int]:
+        return [self.start + j * self.step for j in range(1, k)]
+
+
+def split_of(series_uid: str, val_fraction: float = 0.3) -> str:
+    """``"train"`` or ``"val"`` from a stable hash of the SeriesInstanceUID."""
+    h = int(hashlib.sha1(series_uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+class PairWindows:
+    """A torch-style Dataset of slice-pair windows over a cohort store.
+
+    Parameters
+    ----------
+    store : path or URL
+        Cohort store written by :func:`ctvol.ingest`.
+    factor : int
+        Re-slice factor k (>= 2).
+    split : {"train", "val", "all"}, default "train"
+        Series are split 70/30 by a hash of their SeriesInstanceUID, so no
+        series feeds both sides. A store with a single series is split into
+        contiguous z-blocks instead (first 70 % train, last 30 % validation)
+        with a guard gap of 2k slices, never by random slices.
+    strides : sequence of {1, 2}, default (1, 2)
+        1: windows (i, i+k); 2: the doubled-stride windows (i, i+2k).
+    crop : int, optional
+        Random square crop (pixels) of every sample, the same for all its
+        channels; None returns whole slices.
+    keys : sequence of str, optional
+        Only these series.
+    seed : int, default 0
+        Crops are drawn from ``(seed, epoch, index)``: reproducible, and
+        independent of the number of DataLoader workers.
+    val_fraction : float, default 0.3
+
+    Each item is ``(x, y)``: float32 arrays (2, H, W) and (k-1, H, W) in
+    [0, 1] (HU clipped to [-1024, 1024]).
+
+    Raises
+    ------
+    ValueError
+        No series long enough for the factor in the requested split.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        factor: int,
+        *,
+        split: str = "train",
+        strides: Sequence[int] = (1, 2),
+        crop: int | None = None,
+        keys: Sequence[str] | None = None,
+        seed: int = 0,
+        val_fraction: float = 0.3,
+        window: tuple[float, float] = HU_WINDOW,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from ..io.store import _series_attrs, _url, open_store
+
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if not set(strides) <= {1, 2} or not strides:
+            raise ValueError(f"strides must be a non-empty subset of (1, 2), got {strides!r}")
+        self.store, self.factor, self.split = _url(store), factor, split
+        self.crop, self.seed, self.window = crop, seed, window
+        self.storage_options = storage_options
+        self.epoch = 0
+        root = open_store(store, storage_options=storage_options)
+        series = _series_attrs(root)
+        if keys is not None:
+            series = {k: v for k, v in series.items() if k in set(keys)}
+        self.shapes = {k: tuple(root[f"series/{k}/hu"].shape) for k in series}
+        single = len(series) == 1
+        windows: list[Window] = []
+        too_short = []
+        for key, attrs in sorted(series.items()):
+            n = self.shapes[key][0]
+            lo, hi = self._z_range(n, split, single, attrs.get("series_uid", key), val_fraction)
+            found = [Window(key, i, s) for s in strides
+                     for i in range(lo, hi - factor * s)]
+            if not found:
+                too_short.append(f"{key} ({n} slices)")
+            windows.extend(found)
+        if not windows:
+            raise ValueError(
+                f"no {split} windows for factor {factor} in {self.store}: a window needs "
+                f"{factor * min(strides) + 1} contiguous slices "
+                f"(series: {', '.join(too_short) or 'none in this split'}); "
+                "use a smaller factor, more series, or split='all'"
+            )
+        self.windows = windows
+        self._arrays: dict[str, Any] = {}
+        self._pid: int | None = None
+
+    def _z_range(self, n: int, split: str, single: bool, uid: str,
+                 val_fraction: float) -> tuple[int, int]:
+        """Slices [lo, hi) of a series that belong to the split."""
+        if split == "all":
+            return 0, n
+        if not single:
+            return (0, n) if split_of(uid, val_fraction) == split else (0, 0)
+        cut = int(round(n * (1 - val_fraction)))
+        guard = 2 * self.factor
+        return (0, max(0, cut - guard)) if split == "train" else (cut, n)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random crops each epoch (call before iterating)."""
+        self.epoch = int(epoch)
+
+    def _array(self, key: str) -> Any:
+        import zarr
+
+        pid = os.getpid()
+        if self._pid != pid:  # a fresh DataLoader worker: its own handles
+            self._arrays, self._pid = {}, pid
+        if key not in self._arrays:
+            self._arrays[key] = zarr.open_array(
+                self.store, path=f"series/{key}/hu", mode="r",
+                storage_options=self.storage_options)
+        return self._arrays[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"], state["_pid"] = {}, None  # handles never cross processes
+        return state
+
+    def read(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
+        """The HU slices of one window: inputs (2, H, W), targets (k-1, H, W), int16."""
+        arr = self._array(w.key)
+        k = self.factor
+        a, b = w.inputs(k)
+        span = arr[a : b + 1 : w.step]  # one read: inputs and targets, nothing else
+        return span[[0, -1]], span[1:-1]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        w = self.windows[index]
+        x, y = self.read(w)
+        if self.crop is not None:
+            h, wd = x.shape[-2:]
+            c = min(self.crop, h, wd)
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, wd - c + 1))
+            x, y = x[:, r0 : r0 + c, c0 : c0 + c], y[:, r0 : r0 + c, c0 : c0 + c]
+        return to_unit(x, self.window), to_unit(y, self.window)

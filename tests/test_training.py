@@ -1,0 +1,138 @@
+"""Training: pair windows from Zarr, augmentation, the loop with exact resume."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import ctvol
+from ctvol.testing import head_phantom, write_dicom_series
+from ctvol.training import PairWindows, random_affine, split_of
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("train")
+    write_dicom_series(tmp / "in", head_phantom((40, 32, 32), seed=5), spacing=(1.0, 0.5, 0.5))
+    return ctvol.ingest(tmp / "in", tmp / "c.zarr").store
+
+
+def test_windows_match_the_paper(store: str) -> None:
+    w = PairWindows(store, 3, split="all")
+    hu = ctvol.open_series(store, ctvol.list_series(store)[0]).hu.values
+    n = hu.shape[0]
+    assert len(w) == (n - 3) + (n - 6)  # strides k and 2k
+    x, y = w[0]
+    assert x.shape == (2, 32, 32) and y.shape == (2, 32, 32) and x.dtype == np.float32
+    win = w.windows[0]
+    assert (win.inputs(3), win.targets(3)) == ((0, 3), [1, 2])
+    np.testing.assert_allclose(x[1], np.clip(hu[3], -1024, 1024) / 2048 + 0.5, atol=1e-6)
+    np.testing.assert_allclose(y[0], np.clip(hu[1], -1024, 1024) / 2048 + 0.5, atol=1e-6)
+    doubled = next(i for i, v in enumerate(w.windows) if v.step == 2)
+    assert (w.windows[doubled].inputs(3), w.windows[doubled].targets(3)) == ((0, 6), [2, 4])
+    _, yd = w[doubled]
+    np.testing.assert_allclose(yd[1], np.clip(hu[4], -1024, 1024) / 2048 + 0.5, atol=1e-6)
+
+
+def test_single_series_split_by_blocks_with_guard(store: str) -> None:
+    k = 3
+    tr = PairWindows(store, k, split="train")
+    va = PairWindows(store, k, split="val")
+    train_slices = {s for w in tr.windows for s in range(w.start, w.inputs(k)[1] + 1)}
+    val_slices = {s for w in va.windows for s in range(w.start, w.inputs(k)[1] + 1)}
+    assert train_slices and val_slices
+    assert min(val_slices) - max(train_slices) > 2 * k  # guard gap, no shared neighbours
+
+
+def test_split_of_is_stable_and_roughly_70_30() -> None:
+    splits = [split_of(f"1.2.3.{i}") for i in range(2000)]
+    assert splits == [split_of(f"1.2.3.{i}") for i in range(2000)]
+    assert 0.25 < splits.count("val") / 2000 < 0.35
+
+
+def test_crops_reproducible_and_epoch_dependent(store: str) -> None:
+    w = PairWindows(store, 3, crop=16, seed=3)
+    a = w[5][0]
+    assert a.shape == (2, 16, 16)
+    np.testing.assert_array_equal(a, PairWindows(store, 3, crop=16, seed=3)[5][0])
+    w.set_epoch(1)
+    assert not np.array_equal(a, w[5][0])
+
+
+def test_too_short_for_factor(store: str) -> None:
+    with pytest.raises(ValueError, match="no train windows for factor 30 .* 31 contiguous"):
+        PairWindows(store, 30)
+
+
+def test_dataloader_workers_read_the_same(store: str) -> None:
+    from torch.utils.data import DataLoader
+
+    w = PairWindows(store, 4, crop=16)
+    single = [x for x, _ in DataLoader(w, batch_size=8, num_workers=0)]
+    multi = [x for x, _ in DataLoader(w, batch_size=8, num_workers=2)]
+    for a, b in zip(single, multi, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_augmentation_is_identical_across_channels() -> None:
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 1, 24, 24)
+    x = img.repeat(1, 2, 1, 1)
+    y = img.repeat(1, 3, 1, 1)
+    xa, ya = random_affine(x, y, generator=g)
+    assert xa.shape == x.shape and ya.shape == y.shape
+    torch.testing.assert_close(xa[:, 0], ya[:, 2])  # same transform on every channel
+    assert not torch.allclose(xa, x)
+    g2 = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(random_affine(x, y, generator=g2)[0], xa)
+
+
+def _small(**kw: object) -> dict[str, object]:
+    return {"crop": 16, "batch_size": 4, "architecture": {"depth": 2, "base": 4},
+            "max_windows": 12, "seed": 1, **kw}
+
+
+def test_resume_continues_exactly(store: str, tmp_path: pathlib.Path) -> None:
+    straight = ctvol.train(store, 3, epochs=2, out=tmp_path / "a", **_small())
+    ctvol.train(store, 3, epochs=1, out=tmp_path / "b", **_small())
+    resumed = ctvol.train(store, 3, epochs=2, out=tmp_path / "b", resume=True, **_small())
+    a = ctvol.load_model(tmp_path / "a" / "last").net.state_dict()
+    b = ctvol.load_model(tmp_path / "b" / "last").net.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,train_loss,val_loss,val_psnr_unet") and len(log) == 3
+    assert straight.factor == resumed.factor == 3
+
+
+def test_training_lowers_the_loss(store: str, tmp_path: pathlib.Path) -> None:
+    ctvol.train(store, 3, epochs=4, out=tmp_path / "m", lr=3e-3, augment=False,
+                **_small(max_windows=24))
+    rows = (tmp_path / "m" / "log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert losses[-1] < losses[0]
+
+
+def test_output_folder_errors(store: str, tmp_path: pathlib.Path) -> None:
+    ctvol.train(store, 3, epochs=1, out=tmp_path / "m", **_small())
+    with pytest.raises(ValueError, match="checkpoint for factor 3, not 4"):
+        ctvol.train(store, 4, epochs=1, out=tmp_path / "m", **_small())
+    with pytest.raises(FileExistsError, match="resume=True"):
+        ctvol.train(store, 3, epochs=1, out=tmp_path / "m", **_small())
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        ctvol.train(store, 3, epochs=1, out=tmp_path / "new", resume=True, **_small())
+
+
+def test_cli_train(store: str, tmp_path: pathlib.Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    from ctvol.cli import main
+
+    args = ["train", store, "--factor", "3", "--epochs", "1", "-o", str(tmp_path / "m"),
+            "--crop", "16", "--depth", "2", "--base", "4", "--max-windows", "8", "-q"]
+    assert main(args) == 0
+    assert "best model:" in capsys.readouterr().out
+    assert main([*args[:5], "2", *args[6:], "--resume"]) == 0
+    assert len((tmp_path / "m" / "log.csv").read_text().splitlines()) == 3
