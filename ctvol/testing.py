@@ -804,5 +804,7 @@ def tiny_model(factor: int = 3, *, seed: int = 0, output: str = "residual") -> A
     from .models.unet import UNet
 
     torch.manual_seed(seed)
-    return ResliceModel(UNet(factor, depth=2, base=4, output=output),
-                        provenance={"trained": False, "seed": seed})
+    net = UNet(factor, depth=2, base=4, output=output)
+    if output == "residual":  # a non-zero head, so the network's path is exercised
+        torch.nn.init.normal_(net.head.weight, std=0.05)
+    return ResliceModel(net, provenance={"trained": False, "seed": seed})

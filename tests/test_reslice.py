@@ -260,3 +260,17 @@ def test_cuda_matches_cpu_closely() -> None:
     cpu = ctvol.reslice(ds, 3, model=model, device="cpu").hu.values.astype(int)
     gpu = ctvol.reslice(ds, 3, model=tiny_model(3), device="cuda").hu.values.astype(int)
     assert np.abs(cpu - gpu).max() <= 1
+
+
+def test_untrained_residual_unet_is_the_linear_baseline() -> None:
+    from ctvol.models import ResliceModel
+    from ctvol.models.unet import UNet
+
+    ds = _volume(n=4)
+    fresh = ResliceModel(UNet(3, depth=2, base=4, output="residual"))
+    unet = ctvol.reslice(ds, 3, model=fresh).hu.values.astype(int)
+    lin = ctvol.reslice(ds, 3, method="linear").hu.values.astype(int)
+    # Same formula, one through [0, 1] in float32: at most 1 HU of rounding apart
+    # (inside the [-1024, 1024] window that the model sees).
+    inside = (lin > -1024) & (lin < 1024)
+    assert np.abs(unet - lin)[inside].max() <= 1

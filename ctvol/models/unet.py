@@ -76,6 +76,11 @@ class UNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(c_hi, c, 2, stride=2))
             self.dec.append(_block(2 * c, c, norm))
         self.head = nn.Conv2d(chans[0], factor - 1, 1)
+        if output == "residual":
+            # Start exactly at the baseline: an untrained residual model is the
+            # linear interpolation, and training can only move away from it.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.pool = nn.MaxPool2d(2)
 
     @property
