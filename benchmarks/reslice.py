@@ -47,7 +47,7 @@ LINEAR_SLICES = 129  # 4 blocks of 32 pairs + the last slice: 256 new slices
 THREADS = [1, 2]
 REPEATS = 3  # timed calls per track_* value (best of)
 
-UNET_SLICES = 9  # 8 pairs, one block: ~1.5 s per call at ~5 pairs/s
+UNET_SLICES = 9  # 8 pairs, one block: ~1.5-3 s per call at 3-5 pairs/s
 UNET_BATCH = 4
 UNET_BASE = 16  # the paper-like default (1.94 M parameters)
 TORCH_THREADS = 2

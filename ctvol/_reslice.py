@@ -229,8 +229,12 @@ def reslice(
     if not isinstance(hu, da.Array):
         hu = da.from_array(hu, chunks=(32, -1, -1))
     hu = hu.rechunk({1: -1, 2: -1})
-    nxt = da.concatenate([hu[1:], hu[-1:]], axis=0).rechunk(hu.chunks)
     zc = hu.chunks[0]
+    # The slice after each block (the first of the next block; the last slice
+    # again for the last block, where it is unused): one slice per block.
+    starts = np.cumsum((0, *zc))
+    after = hu[[*starts[1:-1].tolist(), int(starts[-1]) - 1]].rechunk((1, -1, -1))
+    block_ids = da.arange(len(zc), chunks=1)
     out_chunks = tuple(c * k for c in zc[:-1]) + ((zc[-1] - 1) * k + 1,)
 
     import dask
@@ -243,9 +247,12 @@ def reslice(
     # without it; see docs/reslice.md for computing such graphs yourself.
     gpu = method == "unet" and _cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
-        out = da.map_blocks(
-            _block, hu, nxt, model_arg, k=k, nblocks=len(zc), method=method, device=dev,
-            batch_size=batch_size, amp=amp, chunks=(out_chunks, hu.shape[1], hu.shape[2]),
+        # blockwise, not map_blocks: `after` has one slice per block, and
+        # align_arrays=False keeps the blocks paired by index, not rechunked.
+        out = da.blockwise(
+            _block, "zyx", hu, "zyx", after, "zyx", block_ids, "z", model_arg, None,
+            k=k, nblocks=len(zc), method=method, device=dev, batch_size=batch_size, amp=amp,
+            adjust_chunks={"z": out_chunks}, align_arrays=False, concatenate=False,
             dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
             token=f"reslice-{method}-x{k}",
         )
@@ -287,11 +294,11 @@ def _cluster_has_gpu() -> bool:
     return any("GPU" in (w.get("resources") or {}) for w in workers)
 
 
-def _block(cur: np.ndarray, nx: np.ndarray, model: Any, *, k: int, nblocks: int,
-           method: str, device: str, batch_size: int, amp: bool,
-           block_info: Any = None) -> np.ndarray:
+def _block(cur: np.ndarray, after: np.ndarray, block_id: np.ndarray, model: Any, *, k: int,
+           nblocks: int, method: str, device: str, batch_size: int,
+           amp: bool) -> np.ndarray:
     from .inference import reslice_block
 
-    i = block_info[0]["chunk-location"][0]
-    return reslice_block(cur, nx, k=k, last=i == nblocks - 1, method=method, model=model,
+    last = int(block_id[0]) == nblocks - 1
+    return reslice_block(cur, after, k=k, last=last, method=method, model=model,
                          device=device, batch_size=batch_size, amp=amp)

@@ -8,6 +8,7 @@ generated slices after each one. Models are loaded once per worker process
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -40,7 +41,10 @@ def _model(source: Any, device: str) -> Any:
         if model is None:
             if not _CACHE:
                 _configure_torch_threads()
-            model = source if isinstance(source, ResliceModel) else load_model(source)
+            # A copy for in-memory models: the cache must not move (or keep
+            # changing) the caller's own object.
+            model = copy.deepcopy(source) if isinstance(source, ResliceModel) \
+                else load_model(source)
             model = model.to(device)
             _CACHE[key] = model
     return model
@@ -70,12 +74,28 @@ def generate_linear(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """The paper's baseline: distance-weighted average of two slices.
 
     Returns the k-1 slices at fractions j/k (j = 1..k-1) from ``a`` to ``b``,
-    float32, unrounded.
+    float32 ``a + (b - a) * (j / k)``, unrounded.
     """
     a32 = a.astype(np.float32)
     d = b.astype(np.float32) - a32
-    w = (np.arange(1, k, dtype=np.float32) / np.float32(k))[:, None, None]
-    return a32[None] + d[None] * w
+    return np.stack([a32 + d * (np.float32(j) / np.float32(k)) for j in range(1, k)])
+
+
+def _linear_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, k: int) -> None:
+    """``generate_linear`` rounded to whole HU, written into ``out`` (k-1, H, W) int16.
+
+    The same float32 arithmetic, in place, one slice at a time: no (k-1)-deep
+    temporaries. Values between two int16 slices always fit int16.
+    """
+    a32 = a.astype(np.float32)
+    d = b.astype(np.float32)
+    d -= a32
+    tmp = np.empty_like(a32)
+    for j in range(1, k):
+        np.multiply(d, np.float32(j) / np.float32(k), out=tmp)
+        tmp += a32
+        np.rint(tmp, out=tmp)
+        out[j - 1] = tmp
 
 
 def _to_hu_int16(values: np.ndarray) -> np.ndarray:
@@ -84,7 +104,7 @@ def _to_hu_int16(values: np.ndarray) -> np.ndarray:
 
 def reslice_block(
     cur: np.ndarray,
-    nxt: np.ndarray,
+    after: np.ndarray,
     *,
     k: int,
     last: bool,
@@ -100,9 +120,8 @@ def reslice_block(
     ----------
     cur : (n, H, W) int16
         Acquired slices of the block (HU).
-    nxt : (n, H, W) int16
-        ``nxt[i]`` is the acquired slice after ``cur[i]`` (ignored for the very
-        last slice of the volume).
+    after : (1, H, W) int16
+        The acquired slice after the block (ignored for the last block).
     k : int
         Re-slice factor.
     last : bool
@@ -121,13 +140,18 @@ def reslice_block(
     out[::k] = cur[: out[::k].shape[0]]
     if pairs == 0:
         return out
+
+    def nxt(i: int) -> np.ndarray:
+        return cur[i + 1] if i + 1 < n else after[0]
+
     if method == "linear":
         for i in range(pairs):
-            out[i * k + 1 : (i + 1) * k] = _to_hu_int16(generate_linear(cur[i], nxt[i], k))
+            _linear_into(out[i * k + 1 : (i + 1) * k], cur[i], nxt(i), k)
         return out
     m = _model(model, device)
     window = m.window
-    x = np.stack([to_unit(cur[:pairs], window), to_unit(nxt[:pairs], window)], axis=1)
+    b = np.stack([nxt(i) for i in range(pairs)])
+    x = np.stack([to_unit(cur[:pairs], window), to_unit(b, window)], axis=1)
     y = m.predict(x, batch_size=batch_size, amp=amp)  # (pairs, k-1, H, W) in [0, 1]
     hu = _to_hu_int16(from_unit(y, window))
     for i in range(pairs):
