@@ -80,6 +80,7 @@ class UNet(nn.Module):
             # Start exactly at the baseline: an untrained residual model is the
             # linear interpolation, and training can only move away from it.
             nn.init.zeros_(self.head.weight)
+            assert self.head.bias is not None
             nn.init.zeros_(self.head.bias)
         self.pool = nn.MaxPool2d(2)
 
