@@ -7,6 +7,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 DATA   ?= data/sample/dcm_qa_ct_philips
 OUT    ?= demo/cohort.zarr
+FINE   ?= demo/cohort_x3_linear.zarr
 PYTEST_ARGS ?= -m "not slow"
 BIN    := $(VENV)/bin
 
@@ -25,6 +26,8 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/ctvol ingest $(DATA) -o $(OUT)
 	$(BIN)/ctvol info $(OUT)
+	$(BIN)/ctvol reslice $(OUT) -o $(FINE) --factor 3 --method linear --scheduler threads
+	$(BIN)/ctvol info $(FINE)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

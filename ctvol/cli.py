@@ -92,6 +92,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     series = ctvol.catalog(args.store)
     files = ctvol.catalog(args.store, level="files")
+    if series.empty:  # a store written by ctvol.write/reslice: no ingest catalog
+        keys = ctvol.list_series(args.store)
+        print(f"{args.store}: {len(keys)} series (no ingest catalog)")
+        for key in keys:
+            ds = ctvol.open_series(args.store, key)
+            gen = int(ds["generated"].sum()) if "generated" in ds.coords else 0
+            print(f"  {key}: {ds.sizes['z']} slices ({gen} generated) of "
+                  f"{ds.sizes['y']}x{ds.sizes['x']}, spacing "
+                  f"{', '.join(f'{v:.4g}' for v in ds.attrs.get('spacing', []))} mm")
+        return 0
     n_ok = int(series["status"].isin(["ok", "unchanged"]).sum()) if len(series) else 0
     n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
     print(f"{args.store}: {n_ok} series, {len(files)} input files ({n_exc} excluded)")

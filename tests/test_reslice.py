@@ -208,6 +208,8 @@ def test_cli_reslice(sample_store: str, tmp_path: pathlib.Path,
     fine = ctvol.open_series(out, key)
     assert fine.sizes["z"] == (src.sizes["z"] - 1) * 3 + 1
     np.testing.assert_array_equal(fine.hu.values[::3], src.hu.values)
+    assert main(["info", out]) == 0
+    assert "88 slices (58 generated) of 512x512, spacing 0.3333" in capsys.readouterr().out
     assert main(["reslice", sample_store, "-o", out, "--factor", "3", "--scheduler",
                  "threads", "-q"]) == 3  # no bundled U-net yet: skipped with the reason
     assert "no bundled U-net" in capsys.readouterr().err
