@@ -8,6 +8,7 @@ TORCH  ?= torch==2.13.0
 DATA   ?= data/sample/dcm_qa_ct_philips
 OUT    ?= demo/cohort.zarr
 FINE   ?= demo/cohort_x3_linear.zarr
+FINE_UNET ?= demo/cohort_x3_unet.zarr
 PYTEST_ARGS ?= -m "not slow"
 BIN    := $(VENV)/bin
 
@@ -27,7 +28,8 @@ demo: install
 	$(BIN)/ctvol ingest $(DATA) -o $(OUT)
 	$(BIN)/ctvol info $(OUT)
 	$(BIN)/ctvol reslice $(OUT) -o $(FINE) --factor 3 --method linear --scheduler threads
-	$(BIN)/ctvol info $(FINE)
+	$(BIN)/ctvol reslice $(OUT) -o $(FINE_UNET) --factor 3 --scheduler threads
+	$(BIN)/ctvol info $(FINE_UNET)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

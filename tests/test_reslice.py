@@ -115,7 +115,8 @@ def test_unreachable_spacing_lists_reachable() -> None:
     ({"factor": 3, "method": "cubic"}, ValueError, r"method must be one of \['unet', 'linear'\]"),
     ({"factor": 3, "method": "linear", "batch_size": 0}, ValueError, "batch_size"),
     ({"factor": 3, "spacing": 1.0}, ValueError, "exactly one of"),
-    ({"factor": 3}, FileNotFoundError, "no bundled U-net for factor 3 .* method='linear'"),
+    ({"factor": 2}, FileNotFoundError, "no bundled U-net for factor 2 .*unet-x3 .* "
+                    "method='linear'"),
 ])
 def test_errors(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
@@ -163,7 +164,7 @@ def test_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="not a ctvol reslice model"):
         load_model(tmp_path / "bad")
-    with pytest.raises(FileNotFoundError, match="Bundled models: none yet"):
+    with pytest.raises(FileNotFoundError, match=r"Bundled models: unet-x3 \(x3\)"):
         load_model(tmp_path / "nothing")
 
 
@@ -210,9 +211,9 @@ def test_cli_reslice(sample_store: str, tmp_path: pathlib.Path,
     np.testing.assert_array_equal(fine.hu.values[::3], src.hu.values)
     assert main(["info", out]) == 0
     assert "88 slices (58 generated) of 512x512, spacing 0.3333" in capsys.readouterr().out
-    assert main(["reslice", sample_store, "-o", out, "--factor", "3", "--scheduler",
-                 "threads", "-q"]) == 3  # no bundled U-net yet: skipped with the reason
-    assert "no bundled U-net" in capsys.readouterr().err
+    assert main(["reslice", sample_store, "-o", out, "--factor", "2", "--scheduler",
+                 "threads", "-q"]) == 3  # no bundled U-net for 2: skipped with the reason
+    assert "no bundled U-net for factor 2" in capsys.readouterr().err
 
 
 def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path) -> None:
@@ -276,3 +277,28 @@ def test_untrained_residual_unet_is_the_linear_baseline() -> None:
     # (inside the [-1024, 1024] window that the model sees).
     inside = (lin > -1024) & (lin < 1024)
     assert np.abs(unet - lin)[inside].max() <= 1
+
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_bundled_models_are_found_and_used_by_default(k: int) -> None:
+    from ctvol.models import bundled_models
+
+    assert bundled_models()[f"unet-x{k}"] == k
+    model = load_model(f"unet-x{k}")
+    assert model.factor == k and model.config["architecture"]["output"] == "residual"
+    prov = model.provenance
+    assert prov["kernel"] == "UB" and prov["pixel_spacing_mm"] == [0.451171875] * 2
+    held = prov["holdout"]
+    assert held["psnr"]["unet_mean"] > held["psnr"]["linear_mean"]  # the shipping bar
+    assert held["ssim"]["unet_mean"] > held["ssim"]["linear_mean"]
+    ds = _volume(n=3, shape=(32, 32))
+    out = ctvol.reslice(ds, k)  # method="unet", the bundled model
+    assert out.attrs["reslice"]["model_digest"] == model.digest
+    np.testing.assert_array_equal(out.hu.values[::k], ds.hu.values)
+
+
+def test_spacing_plan_with_bundled_models() -> None:
+    ds = _volume(n=3, dz=4.0, shape=(32, 32))
+    out = ctvol.reslice(ds, spacing=2.0)  # the paper's example: x4, keep every 2nd
+    assert (out.attrs["reslice"]["factor"], out.attrs["reslice"]["keep_every"]) == (4, 2)
