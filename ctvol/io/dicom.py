@@ -270,8 +270,14 @@ def read_header(path: str) -> FileRecord:
             # pydicom stops with the file positioned at the pixel data tag.
             px_at = fh.tell()
             px_head = fh.read(12)
-            fh.seek(max(px_at, size - 1024))
-            tail = fh.read()
+            meta = getattr(ds, "file_meta", None)
+            ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
+            tail = b""
+            if _value_length(px_head, ts) == 0xFFFFFFFF:
+                # Encapsulated pixel data: its end is checked by the closing
+                # delimiter, so only then is the end of the file read.
+                fh.seek(max(px_at, size - 1024))
+                tail = fh.read()
     except InvalidDicomError as exc:
         return rec.exclude(
             "not-dicom", f"not a DICOM file ({exc}); if it is one, it lacks the 'DICM' preamble"
@@ -281,9 +287,7 @@ def read_header(path: str) -> FileRecord:
             "unreadable", f"cannot parse DICOM: {type(exc).__name__}: {exc}; re-export the file"
         )
 
-    meta = getattr(ds, "file_meta", None)
     sop_class = _str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else ""))
-    ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         return rec.exclude(
             "no-pixel-data", "media directory (DICOMDIR/DIRFILE): an index, no image"
@@ -305,7 +309,6 @@ def read_header(path: str) -> FileRecord:
 
     pad = ds.get("PixelPaddingValue")
     pad_lim = ds.get("PixelPaddingRangeLimit")
-    implicit = ts == "1.2.840.10008.1.2"
     options = {
         "rows": _int_or_none(ds.get("Rows")),
         "columns": _int_or_none(ds.get("Columns")),
@@ -348,7 +351,7 @@ def read_header(path: str) -> FileRecord:
         gantry_tilt=_float_or_none(ds.get("GantryDetectorTilt")),
         transfer_syntax=ts,
         pixel_padding=(int(pad), _int_or_none(pad_lim)) if pad is not None else None,
-        pixel_offset=px_at + (8 if implicit else 12) if fast else None,
+        pixel_offset=px_at + _header_length(ts) if fast else None,
         pixel_options=options if fast else None,
         rescale=rescale,
         file_size=size,
@@ -357,17 +360,25 @@ def read_header(path: str) -> FileRecord:
     return rec
 
 
+def _header_length(ts: str) -> int:
+    """Bytes of a data element header: 8 in implicit VR, 12 for OB/OW in explicit VR."""
+    return 8 if ts == "1.2.840.10008.1.2" else 12
+
+
+def _value_length(head: bytes, ts: str) -> int | None:
+    """The PixelData value length from its element header (None if cut short)."""
+    hlen = _header_length(ts)
+    return int.from_bytes(head[hlen - 4 : hlen], "little") if len(head) >= hlen else None
+
+
 def _pixel_data_problem(
     ds: Any, ts: str, at: int, head: bytes, size: int, tail: bytes
 ) -> str | None:
     """Why the pixel data cannot be complete, from its element header alone."""
-    import pydicom.uid
-
-    implicit = ts == pydicom.uid.ImplicitVRLittleEndian
-    hlen = 8 if implicit else 12
-    if len(head) < hlen:
+    hlen = _header_length(ts)
+    length = _value_length(head, ts)
+    if length is None:
         return f"truncated: the file ends inside the PixelData header (byte {at})"
-    length = int.from_bytes(head[hlen - 4 : hlen], "little")
     if length == 0xFFFFFFFF:  # encapsulated (compressed): fragments end with a delimiter
         if SEQUENCE_DELIMITER not in tail:
             return ("truncated: compressed PixelData has no sequence delimiter "
@@ -504,15 +515,12 @@ def decode_hu(
         assert header is not None and header.rescale is not None
         slope, intercept = header.rescale
         padding = header.pixel_padding
-        lut_ds = Dataset()
-        lut_ds.RescaleSlope, lut_ds.RescaleIntercept = slope, intercept
     else:
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         pad = ds.get("PixelPaddingValue")
         padding = (int(pad), _int_or_none(ds.get("PixelPaddingRangeLimit"))) if pad is not None \
             else None
-        lut_ds = ds
     if (ds is None or "ModalityLUTSequence" not in ds) and slope == 1.0 \
             and float(intercept).is_integer():
         # Exact integer path: pydicom's apply_modality_lut computes the same
@@ -520,7 +528,10 @@ def decode_hu(
         hu = raw.astype(np.int32) + int(intercept)
         rounding = 0.0
     else:
-        lut = np.asarray(apply_modality_lut(raw, lut_ds), dtype=np.float64)
+        if ds is None:  # the fast path has the header's rescale, not a dataset
+            ds = Dataset()
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        lut = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
         hu_f = np.rint(lut)
         rounding = float(np.max(np.abs(hu_f - lut))) if lut.size else 0.0
         hu = hu_f
