@@ -21,6 +21,7 @@ __all__ = [
     "IngestReport",
     "__version__",
     "catalog",
+    "evaluate",
     "ingest",
     "list_series",
     "open_cohort",
@@ -34,6 +35,7 @@ __all__ = [
 _LAZY = {
     "IngestReport": "ctvol._ingest",
     "ingest": "ctvol._ingest",
+    "evaluate": "ctvol._evaluate",
     "reslice": "ctvol._reslice",
     "load_model": "ctvol.models",
     "train": "ctvol.training.loop",
@@ -45,6 +47,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
     from ._reslice import reslice
     from .io.store import catalog, list_series, open_cohort, open_series, write

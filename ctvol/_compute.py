@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["active_client", "compute"]
+__all__ = ["active_client", "compute", "persist"]
 
 
 def active_client() -> Any:
@@ -55,3 +55,27 @@ def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
         with ProgressBar(minimum=0.5):
             return list(dask.compute(*tasks))
     return list(dask.compute(*tasks))
+
+
+def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
+    """Persist dask collections where they will be used: on the Client's
+    workers when one is active (results stay distributed), else in memory.
+    """
+    import dask
+
+    if not collections:
+        return []
+    client = active_client()
+    if client is not None:
+        out = client.persist(list(collections), optimize_graph=False)
+        if progress:
+            from distributed import progress as dprogress
+
+            dprogress(out)
+        return list(out)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=0.5):
+            return list(dask.persist(*collections))
+    return list(dask.persist(*collections))

@@ -1,0 +1,380 @@
+"""Aggregation, tables, files and figures of :func:`ctvol.evaluate` (private).
+
+Every statistic is a Dask reduction over the persisted per-slice metrics:
+pass 1 computes counts, sums, min and max; pass 2 the sums of squared
+deviations from the pass-1 means (a two-pass variance, numerically safe);
+pass 3 histograms and the worst slices (``argtopk``). Non-finite values
+(PSNR +inf where a slice is reproduced exactly) are excluded from the moments
+and counted in ``n_exact``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import pathlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._evaluate import EvaluationReport, _Case
+
+_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mse": "MSE"}
+N_WORST = 4
+N_BINS = 40
+
+
+def _moments(arrays: list[Any]) -> list[dict[str, np.ndarray]]:
+    """Column statistics (over axis 0) of each dask array, in two passes."""
+    import dask
+    import dask.array as da
+
+    first = []
+    for x in arrays:
+        fin = da.isfinite(x)
+        first.append((fin.sum(axis=0), (x == np.inf).sum(axis=0),
+                      da.where(fin, x, 0.0).sum(axis=0),
+                      da.where(fin, x, np.inf).min(axis=0),
+                      da.where(fin, x, -np.inf).max(axis=0)))
+    first = dask.compute(*first)
+    means = [np.where(n > 0, s / np.maximum(n, 1), 0.0) for n, _, s, _, _ in first]
+    second = dask.compute(*[
+        da.where(da.isfinite(x), (x - mu) ** 2, 0.0).sum(axis=0)
+        for x, mu in zip(arrays, means, strict=True)
+    ])
+    out = []
+    for (n, n_exact, _, mn, mx), mu, ss in zip(first, means, second, strict=True):
+        out.append({"n": np.asarray(n), "n_exact": np.asarray(n_exact), "mean": mu,
+                    "var": np.where(n > 1, ss / np.maximum(n - 1, 1), np.nan),
+                    "min": mn, "max": mx})
+    return out
+
+
+def _row(stat: dict[str, np.ndarray], idx: tuple[int, ...], paired: bool,
+         **labels: Any) -> dict[str, Any]:
+    from scipy import stats
+
+    from ._evaluate import paired_t
+
+    n = int(stat["n"][idx])
+    mean = float(stat["mean"][idx]) if n else None
+    sd = math.sqrt(float(stat["var"][idx])) if n > 1 else None
+    ci = (None, None)
+    if n > 1 and sd is not None and mean is not None:
+        h = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        ci = (mean - h, mean + h)
+    t, p = paired_t(n, mean, sd) if paired and n > 1 and mean is not None and sd else (None, None)
+    return {**labels, "n": n, "n_exact": int(stat["n_exact"][idx]), "mean": mean, "sd": sd,
+            "ci_low": ci[0], "ci_high": ci[1],
+            "min": float(stat["min"][idx]) if n else None,
+            "max": float(stat["max"][idx]) if n else None, "t": t, "p": p}
+
+
+def _volume(metrics: Any) -> Any:
+    """Whole-volume metrics of one case → dask (methods, 3): PSNR from the volume MSE."""
+    import dask.array as da
+
+    vol_mse = metrics[:, :, 2].mean(axis=0)
+    vol_ssim = metrics[:, :, 1].mean(axis=0)
+    safe = da.where(vol_mse > 0, vol_mse, 1.0)
+    vol_psnr = da.where(vol_mse > 0, 10.0 * da.log10(1.0 / safe), np.inf)
+    return da.stack([vol_psnr, vol_ssim, vol_mse], axis=1)
+
+
+def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The report table and the data behind the figures (small numpy arrays)."""
+    import dask
+    import dask.array as da
+    import pandas as pd
+
+    from ._evaluate import BASELINE, COLUMNS
+
+    base = methods.index(BASELINE) if BASELINE in methods else None
+    others = [i for i, m in enumerate(methods) if m != BASELINE]
+    diffs = [f"{methods[i]} - {BASELINE}" for i in others] if base is not None else []
+    groups: dict[tuple[int, int], list[_Case]] = defaultdict(list)
+    for c in cases:
+        groups[(c.factor, c.stride)].append(c)
+
+    jobs: list[tuple[dict[str, Any], Any, Sequence[str], bool]] = []  # labels, x, names, paired
+    cohort_diff: dict[tuple[int, int], Any] = {}
+    cohort_gen: dict[tuple[int, int], Any] = {}
+    for (k, s), cs in groups.items():
+        gens, vols = [], []
+        for c in cs:
+            g = c.metrics[np.flatnonzero(c.generated)]
+            gens.append(g)
+            vols.append(_volume(c.metrics))
+            jobs.append(({"factor": k, "stride": s, "convention": "generated", "series": c.key},
+                         g, methods, False))
+            if diffs:
+                jobs.append(({"factor": k, "stride": s, "convention": "generated",
+                              "series": c.key}, g[:, others] - g[:, [base]], diffs, True))
+            jobs.append(({"factor": k, "stride": s, "convention": "volume", "series": c.key},
+                         vols[-1][None], methods, False))
+        allg = da.concatenate(gens, axis=0)
+        allv = da.stack(vols, axis=0)
+        cohort_gen[(k, s)] = allg
+        lab = {"factor": k, "stride": s, "series": "all"}
+        jobs.append(({**lab, "convention": "generated"}, allg, methods, False))
+        jobs.append(({**lab, "convention": "volume"}, allv, methods, False))
+        if diffs:
+            cohort_diff[(k, s)] = allg[:, others] - allg[:, [base]]
+            jobs.append(({**lab, "convention": "generated"}, cohort_diff[(k, s)], diffs, True))
+            jobs.append(({**lab, "convention": "volume"}, allv[:, others] - allv[:, [base]],
+                         diffs, True))
+
+    stats_ = _moments([x for _, x, _, _ in jobs])
+    rows = []
+    for (labels, _, names, paired), st in zip(jobs, stats_, strict=True):
+        for mi, meth in enumerate(names):
+            for j, metric in enumerate(METRICS):
+                rows.append(_row(st, (mi, j), paired, **labels, method=meth, metric=metric))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table, _figure_data(cases, groups, cohort_gen, cohort_diff, table, methods, diffs)
+
+
+def _figure_data(cases: list[_Case], groups: dict[tuple[int, int], list[_Case]],
+                 cohort_gen: dict[tuple[int, int], Any], cohort_diff: dict[tuple[int, int], Any],
+                 table: pd.DataFrame, methods: Sequence[str], diffs: list[str]) -> dict[str, Any]:
+    """Histograms of the paired differences and the worst slices, per factor (lowest stride)."""
+    import dask
+    import dask.array as da
+
+    lowest = {k: min(st for kk, st in groups if kk == k) for k, _ in groups}
+    lazy: dict[str, Any] = {}
+    for k, s in lowest.items():
+        tag = f"x{k}"
+        if diffs:
+            d = cohort_diff[(k, s)][:, 0]  # the first method against linear
+            for j, metric in enumerate(METRICS):
+                row = table[(table.factor == k) & (table.stride == s) & (table.series == "all")
+                            & (table.convention == "generated") & (table.method == diffs[0])
+                            & (table.metric == metric)].iloc[0]
+                lo, hi = (row["min"], row["max"]) if row["n"] else (0.0, 0.0)
+                if not hi > lo:
+                    lo, hi = lo - 0.5, hi + 0.5
+                lazy[f"{tag}/hist/{metric}"] = da.histogram(
+                    da.where(da.isfinite(d[:, j]), d[:, j], np.nan), bins=N_BINS, range=(lo, hi))
+            score = d[:, 0]  # PSNR gain over linear: the lowest are where the model loses
+        else:
+            score = cohort_gen[(k, s)][:, 0, 0]  # PSNR of the only method
+        lazy[f"{tag}/worst"] = da.argtopk(da.where(da.isfinite(score), score, np.inf),
+                                          -min(N_WORST, score.shape[0]))
+    keys = list(lazy)
+    out: dict[str, Any] = dict(zip(keys, dask.compute(*[lazy[key] for key in keys]), strict=True))
+    # Worst slices → (case number, slice index in its block): metadata only.
+    for k, s in lowest.items():
+        cs = groups[(k, s)]
+        bounds = np.cumsum([0, *(int(c.generated.sum()) for c in cs)])
+        where = []
+        for flat in np.asarray(out[f"x{k}/worst"]).tolist():
+            ci = int(np.searchsorted(bounds, flat, side="right") - 1)
+            where.append((cases.index(cs[ci]), int(np.flatnonzero(cs[ci].generated)[flat - bounds[ci]])))
+        out[f"x{k}/worst"] = where
+        out[f"x{k}/stride"] = s
+    return out
+
+
+def summary(rep: EvaluationReport, *, convention: str = "generated",
+            stride: int = 1) -> pd.DataFrame:
+    """Table 2 layout: rows metric, columns (factor, method) → cohort mean, plus p."""
+    import pandas as pd
+
+    t = rep.table
+    sel = t[(t.series == "all") & (t.convention == convention) & (t.stride == stride)]
+    if sel.empty:
+        raise ValueError(f"no cohort rows for convention={convention!r}, stride={stride}; "
+                         f"conventions: {sorted(set(t.convention))}, strides: "
+                         f"{sorted(set(t.stride))}")
+    cols = {}
+    for (k, meth), g in sel.groupby(["factor", "method"], sort=False):
+        g = g.set_index("metric")
+        if " - " in meth:
+            cols[(f"x{k}", f"p ({meth})")] = g["p"]
+        else:
+            cols[(f"x{k}", meth)] = g["mean"]
+    out = pd.DataFrame(cols).reindex(list(METRICS))
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["factor", ""])
+    return out
+
+
+def _fmt(v: Any, metric: str = "", *, exact: int = 0) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "∞ (all exact)" if metric == "psnr" and exact else "—"
+    if metric == "mse":
+        return f"{v:.3g}"
+    if metric == "ssim":
+        return f"{v:.4f}"
+    return f"{v:.2f}"
+
+
+def _p(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.2g}"
+
+
+def markdown(rep: EvaluationReport) -> str:
+    t = rep.table
+    info = rep.info
+    lines = ["# ctvol evaluation report", ""]
+    lines += [f"- data: {info['store'] or 'an in-memory volume'}; "
+              f"{len(info['data']['evaluated'])} series evaluated, "
+              f"{len(info['data']['skipped'])} (series, factor) skipped",
+              f"- methods: {', '.join(info['methods'])}; factors: "
+              f"{', '.join(f'x{k}' for k in info['factors'])}; strides: {info['strides']}",
+              f"- intensities: clipped to [{info['window'][0]:g}, {info['window'][1]:g}] HU, "
+              "mapped to [0, 1], data range 1.0 (scikit-image's PSNR, SSIM, MSE)",
+              f"- paired t-tests: {info['t_test']}"]
+    for k, m in info["models"].items():
+        lines.append(f"- U-net x{k}: `{m['path'] or 'in-memory'}` (sha256 {m['digest'][:12]}…)"
+                     + (f"; trained on: {m['trained_on']}" if m.get("trained_on") else ""))
+    lines.append("")
+    for conv in ("generated", "volume"):
+        for s in info["strides"]:
+            sel = t[(t.series == "all") & (t.convention == conv) & (t.stride == s)]
+            if sel.empty:
+                continue
+            unit = "slices" if conv == "generated" else "series"
+            lines += [f"## {'Generated slices only (primary)' if conv == 'generated' else 'Whole volume, kept slices included'}"
+                      f" — pairs (i, i+{'' if s == 1 else f'{s}·'}k)", "",
+                      f"_{_conv_text(conv)}_", ""]
+            heads, cells = ["metric"], {m: [_LABELS[m]] for m in METRICS}
+            ns = []
+            for k in info["factors"]:
+                sk = sel[sel.factor == k]
+                if sk.empty:
+                    continue
+                for meth in sk.method.unique():
+                    g = sk[sk.method == meth].set_index("metric")
+                    if " - " in meth:
+                        heads.append(f"x{k} p ({meth})")
+                        for m in METRICS:
+                            cells[m].append(_p(g.loc[m, "p"]))
+                    else:
+                        heads.append(f"x{k} {meth}")
+                        for m in METRICS:
+                            r = g.loc[m]
+                            sd = "" if r["sd"] is None or (isinstance(r["sd"], float) and math.isnan(r["sd"])) \
+                                else f" ± {_fmt(r['sd'], m)}"
+                            cells[m].append(_fmt(r["mean"], m, exact=int(r["n_exact"])) + sd)
+                ns.append(f"x{k}: n = {int(sk.iloc[0]['n']) + int(sk.iloc[0]['n_exact'])} {unit}")
+            lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+            lines += ["| " + " | ".join(cells[m]) + " |" for m in METRICS]
+            lines += ["", "mean ± sd; " + "; ".join(ns), ""]
+            exact = sel[(sel.metric == "psnr") & (sel.n_exact > 0) & ~sel.method.str.contains(" - ")]
+            for _, r in exact.iterrows():
+                lines.append(f"- x{r['factor']} {r['method']}: {r['n_exact']} {unit} reproduced "
+                             "exactly (MSE 0, PSNR +inf), excluded from the PSNR mean")
+            if not exact.empty:
+                lines.append("")
+    per = t[(t.series != "all") & (t.convention == "generated") & ~t.method.str.contains(" - ")]
+    if not per.empty:
+        lines += ["## Per series (generated slices only)", "",
+                  "| series | factor | stride | method | n | PSNR (dB) | SSIM | MSE |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (key, k, s, meth), g in per.groupby(["series", "factor", "stride", "method"], sort=False):
+            g = g.set_index("metric")
+            lines.append(f"| {key} | x{k} | {s} | {meth} | {int(g.loc['ssim', 'n'])} | "
+                         + " | ".join(_fmt(g.loc[m, "mean"], m, exact=int(g.loc[m, "n_exact"]))
+                                      for m in METRICS) + " |")
+        lines.append("")
+    if info["data"]["skipped"]:
+        lines += ["## Skipped", ""]
+        lines += [f"- {d['series']} x{d['factor']} stride {d['stride']}: {d['reason']}"
+                  for d in info["data"]["skipped"]]
+        lines.append("")
+    figs = info.get("figures") or []
+    if figs:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
+    return "\n".join(lines)
+
+
+def _conv_text(conv: str) -> str:
+    from ._evaluate import CONVENTIONS
+
+    return CONVENTIONS[conv]
+
+
+def info(*, store: str | None, factors: list[int], strides: list[int], methods: Sequence[str],
+         models: dict[int, Any], sources: list[tuple[str, Any, int]], cases: list[_Case],
+         skipped: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    from . import __version__
+    from ._evaluate import CONVENTIONS
+
+    versions = {}
+    for pkg in ("numpy", "scipy", "scikit-image", "dask", "distributed", "xarray", "zarr",
+                "torch", "pandas"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            versions[pkg] = None
+    evaluated = defaultdict(list)
+    for c in cases:
+        evaluated[c.key].append({"factor": c.factor, "stride": c.stride,
+                                 "slices": int(c.index.size),
+                                 "generated": int(c.generated.sum()),
+                                 "index_range": [int(c.index[0]), int(c.index[-1])]})
+    data = {"evaluated": [], "skipped": skipped}
+    for key, ds, offset in sources:
+        z = np.asarray(ds["z"].values)
+        data["evaluated"].append({
+            "series": key, "series_uid": ds.attrs.get("series_uid"),
+            "slices": int(ds.sizes["z"]), "first_index": offset,
+            "spacing_mm": float(np.median(np.diff(z))) if z.size > 1 else None,
+            "shape": [int(ds.sizes[d]) for d in ("z", "y", "x")], "runs": evaluated.get(key, []),
+        })
+    return {
+        "ctvol_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "store": store, "factors": factors, "strides": strides, "methods": list(methods),
+        "window": list(window), "data_range": 1.0, "conventions": CONVENTIONS,
+        "t_test": "paired (scipy.stats.ttest_rel semantics), computed from the aggregated "
+                  "moments (n, mean, sd) of the per-slice differences; PSNR pairs with an "
+                  "exact slice (+inf) are excluded",
+        "models": {k: {"path": m.path, "digest": m.digest,
+                       "trained_on": (m.provenance or {}).get("split") or
+                       (m.provenance or {}).get("store"),
+                       "provenance": m.provenance} for k, m in models.items()},
+        "data": data, "versions": versions,
+    }
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def save(rep: EvaluationReport, path: str | os.PathLike[str], *, figures: bool = True) -> pathlib.Path:
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if figures:
+        from ._figures import draw_all
+
+        rep.info["figures"] = draw_all(rep, folder / "figures")
+    records = rep.table.astype(object).where(rep.table.notna(), None).to_dict("records")
+    doc = {**rep.info, "table": records,
+           "histograms": {k: {"counts": v[0].tolist(), "edges": v[1].tolist()}
+                          for k, v in rep.figure_data.items() if "/hist/" in k}}
+    (folder / "report.json").write_text(json.dumps(_clean(doc), indent=1, allow_nan=False))
+    (folder / "report.md").write_text(markdown(rep))
+    return folder
