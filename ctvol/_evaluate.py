@@ -77,9 +77,10 @@ class EvaluationReport:
         and CI of the difference, t, p). ``n_exact`` counts slices with MSE 0
         (PSNR +inf), which PSNR statistics exclude and report separately.
     per_slice : xarray.Dataset
-        ``psnr``, ``ssim``, ``mse`` on (slice, method), Dask-backed (persisted
-        where computed), with coordinates factor, stride, series, index, z and
-        generated per slice.
+        ``psnr``, ``ssim``, ``mse`` on (slice, algorithm), Dask-backed
+        (persisted where computed), with coordinates factor, stride, series,
+        index, z and generated per slice. (The dimension is not called
+        "method" because ``.sel(method=...)`` is xarray's matching keyword.)
     info : dict
         Store, factors, strides, methods, models (path, digest, provenance),
         evaluated and skipped series with reasons, versions.
@@ -362,7 +363,8 @@ def _per_slice(cases: list[_Case], methods: Sequence[str]) -> xr.Dataset:
 
     allm = da.concatenate([c.metrics for c in cases], axis=0)
     coords = {
-        "method": list(methods),
+        # not "method": xarray's .sel(method=...) is its inexact-match keyword
+        "algorithm": list(methods),
         "factor": ("slice", np.concatenate([np.full(c.index.size, c.factor) for c in cases])),
         "stride": ("slice", np.concatenate([np.full(c.index.size, c.stride) for c in cases])),
         "series": ("slice", np.concatenate([np.full(c.index.size, c.key, dtype=object)
@@ -373,7 +375,7 @@ def _per_slice(cases: list[_Case], methods: Sequence[str]) -> xr.Dataset:
     }
     units = {"psnr": {"units": "dB"}, "ssim": {}, "mse": {"data_range": 1.0}}
     return xr.Dataset(
-        {name: (("slice", "method"), allm[:, :, j], units[name])
+        {name: (("slice", "algorithm"), allm[:, :, j], units[name])
          for j, name in enumerate(METRICS)},
         coords=coords,
         attrs={"conventions": "window [-1024, 1024] HU mapped to [0, 1], data range 1.0; "

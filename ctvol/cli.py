@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ``ctvol ingest``, ``reslice``, ``train``, ``info``.
+"""The ``ctvol`` command line: ``ctvol ingest``, ``reslice``, ``train``, ``evaluate``, ``info``.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -139,6 +139,57 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if failed else 0
 
 
+def _series_arg(text: str) -> tuple[str, slice | None]:
+    """``KEY`` or ``KEY:START:STOP`` (a slice range, e.g. a held-out z-block)."""
+    key, sep, rest = text.partition(":")
+    if not sep:
+        return key, None
+    try:
+        start, stop = (int(v) if v else None for v in rest.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--series {text!r}: give KEY or KEY:START:STOP (slice indices)") from None
+    return key, slice(start, stop)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import ctvol
+
+    series: Any = None
+    if args.series:
+        pairs = dict(args.series)
+        series = (pairs if any(v is not None for v in pairs.values()) else list(pairs))
+        if isinstance(series, dict):
+            series = {k: (v if v is not None else slice(None)) for k, v in series.items()}
+    model: Any = None
+    if args.model:
+        loaded = [ctvol.load_model(m) for m in args.model]
+        model = {m.factor: m for m in loaded}
+    with _scheduler(args.scheduler, args.workers):
+        try:
+            rep = ctvol.evaluate(args.store, args.factor, methods=args.method, model=model,
+                                 series=series, strides=args.stride,
+                                 batch_size=args.batch_size, device=args.device,
+                                 progress=not args.quiet)
+        except ValueError as exc:  # bad factor/model combination, nothing evaluable
+            print(f"ctvol evaluate: error: {exc}", file=sys.stderr)
+            return 1
+        out = rep.save(args.output, figures=not args.no_figures)
+    with pd.option_context("display.width", 160, "display.max_columns", 30,
+                           "display.float_format", "{:.4g}".format):
+        for conv in ("generated", "volume"):
+            print(f"\n{conv}: {ctvol._evaluate.CONVENTIONS[conv]}")
+            print(rep.summary(convention=conv, stride=min(args.stride)).to_string(na_rep="—"))
+    skipped = rep.info["data"]["skipped"]
+    for d in skipped:
+        print(f"skipped {d['series']} x{d['factor']} stride {d['stride']}: {d['reason']}",
+              file=sys.stderr)
+    print(f"\nreport written to {out}/ (report.md, report.json, figures/)")
+    return EXIT_PARTIAL if skipped else 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import ctvol
 
@@ -210,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="hold-out evaluation of reslice methods -> report folder")
+    p.add_argument("store", help="cohort store")
+    p.add_argument("--factor", type=int, nargs="+", default=[3], help="factor(s) k (default 3)")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("--method", nargs="+", choices=["linear", "unet"], default=["linear", "unet"])
+    p.add_argument("--model", action="append",
+                   help="checkpoint folder or bundled name (repeat, one per factor; default: "
+                        "the bundled model of each factor)")
+    p.add_argument("--series", nargs="+", type=_series_arg, metavar="KEY[:START:STOP]",
+                   help="only these series, optionally a slice range of each")
+    p.add_argument("--stride", type=int, nargs="+", default=[1],
+                   help="1: pairs (i, i+k); 2 adds the doubled-stride sets (default 1)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="print a store's catalog")
     p.add_argument("store")
