@@ -220,19 +220,12 @@ def _sources(data: Any, series: Any) -> tuple[list[tuple[str, Any, int]], str | 
     return out, store
 
 
-def _metrics_block(truth: np.ndarray, *preds: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    from .metrics import slice_metrics
-
-    return np.stack([slice_metrics(truth, p, window=window) for p in preds], axis=1)
-
-
 def _case(key: str, ds: Any, offset: int, k: int, stride: int, methods: Sequence[str],
           models: dict[int, Any], batch_size: int, device: str | None,
           window: tuple[float, float]) -> _Case | str:
     """Build one case's lazy metrics, or return why the series is skipped."""
-    import dask.array as da
-
     from ._reslice import reslice
+    from .metrics import map_slice_metrics
 
     sub = ds.isel(z=slice(None, None, stride))
     n = sub.sizes["z"]
@@ -248,16 +241,7 @@ def _case(key: str, ds: Any, offset: int, k: int, stride: int, methods: Sequence
                 for meth in methods]
     except GeometryError as e:
         return f"not evaluable: {e}"
-    truth = block["hu"].data
-    if not isinstance(truth, da.Array):
-        truth = da.from_array(truth, chunks=(32, -1, -1))
-    zc = outs[0]["hu"].data.chunks[0]
-    arrays = [a.rechunk((zc, -1, -1)) for a in (truth, *(o["hu"].data for o in outs))]
-    metrics = da.map_blocks(
-        _metrics_block, *arrays, window=window, chunks=(zc, (len(methods),), (len(METRICS),)),
-        dtype=np.float64, meta=np.empty((0, 0, 0), np.float64),
-        name=f"metrics-{da.core.tokenize(key, k, stride, methods, *arrays)}",
-    )
+    metrics = map_slice_metrics(block["hu"].data, *(o["hu"].data for o in outs), window=window)
     return _Case(factor=k, stride=stride, key=key,
                  index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
                  generated=np.asarray(outs[0]["generated"].values, dtype=bool),

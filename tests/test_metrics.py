@@ -78,3 +78,14 @@ def test_window_clips_before_comparing() -> None:
 def test_bad_shapes(a: np.ndarray, b: np.ndarray, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ssim(a, b)
+
+
+def test_integer_and_float_paths_agree() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.integers(-1500, 2500, (3, 40, 33)).astype(np.int16)
+    b = (a + rng.integers(-60, 60, a.shape)).astype(np.int16)
+    exact = slice_metrics(a, b)
+    floats = slice_metrics(a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(exact, floats, rtol=1e-12, atol=1e-13)
+    ref = _skimage(to_unit(a).astype(np.float64), to_unit(b).astype(np.float64))
+    np.testing.assert_allclose(exact, ref, rtol=0, atol=1e-9)
