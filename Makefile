@@ -9,6 +9,7 @@ DATA   ?= data/sample/dcm_qa_ct_philips
 OUT    ?= demo/cohort.zarr
 FINE   ?= demo/cohort_x3_linear.zarr
 FINE_UNET ?= demo/cohort_x3_unet.zarr
+REPORT ?= demo/report
 PYTEST_ARGS ?= -m "not slow"
 BIN    := $(VENV)/bin
 
@@ -30,6 +31,7 @@ demo: install
 	$(BIN)/ctvol reslice $(OUT) -o $(FINE) --factor 3 --method linear --scheduler threads
 	$(BIN)/ctvol reslice $(OUT) -o $(FINE_UNET) --factor 3 --scheduler threads
 	$(BIN)/ctvol info $(FINE_UNET)
+	$(BIN)/ctvol evaluate $(OUT) --factor 3 -o $(REPORT) --scheduler threads -q
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
