@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GeometryError
+from .errors import EvaluationWarning, GeometryError
 from .intensity import HU_WINDOW
 from .metrics import METRICS
 
@@ -59,6 +60,7 @@ class _Case:
     index: np.ndarray        # slice index in the series, per compared slice
     z: np.ndarray            # z (mm) per compared slice
     generated: np.ndarray    # True where the slice was generated (not kept)
+    series_uid: str | None   # SeriesInstanceUID from the series' attrs
     block: Any               # the compared slices (xr.Dataset, lazy)
     kept: Any                # every k-th of them: the input (xr.Dataset, lazy)
     metrics: Any             # dask (slices, methods, 3) float64
@@ -124,8 +126,9 @@ def paired_t(n: int, mean: float, sd: float) -> tuple[float | None, float | None
 
     Examples
     --------
-    >>> paired_t(10, 0.5, 1.0)[0]
-    1.5811388300841898
+    >>> t, p = paired_t(10, 0.5, 1.0)
+    >>> round(t, 4), round(p, 4)
+    (1.5811, 0.1483)
     """
     from scipy import stats
 
@@ -245,7 +248,8 @@ def _case(key: str, ds: Any, offset: int, k: int, stride: int, methods: Sequence
     return _Case(factor=k, stride=stride, key=key,
                  index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
                  generated=np.asarray(outs[0]["generated"].values, dtype=bool),
-                 block=block, kept=kept, metrics=metrics)
+                 series_uid=ds.attrs.get("series_uid"), block=block, kept=kept,
+                 metrics=metrics)
 
 
 def evaluate(
@@ -327,6 +331,9 @@ def evaluate(
                     skipped.append({"series": key, "factor": k, "stride": s, "reason": c})
                 else:
                     cases.append(c)
+    leaks = _training_overlap(cases, models)
+    for text in leaks:
+        warnings.warn(text, EvaluationWarning, stacklevel=2)
     if not cases:
         why = "; ".join(f"{d['series']} x{d['factor']}: {d['reason']}" for d in skipped)
         raise ValueError(f"no series could be evaluated: {why}")
@@ -337,8 +344,32 @@ def evaluate(
     info = _report.info(store=store, factors=factors, strides=strides_, methods=methods,
                         models=models, sources=sources, cases=cases, skipped=skipped,
                         window=window)
+    info["warnings"] = leaks
     return EvaluationReport(table=table, per_slice=_per_slice(cases, methods), info=info,
                             figure_data=figure_data, _cases=cases, _models=models)
+
+
+def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
+    """Warnings for evaluated slices that a model's own checkpoint says it trained on."""
+    out = []
+    for c in cases:
+        model = models.get(c.factor)
+        used = ((model.provenance or {}).get("training_slices") or {}) if model else {}
+        uid = str(c.series_uid or "")
+        for key, (lo, hi) in used.items():
+            if key not in (c.key, uid):
+                continue
+            a, b = max(int(lo), int(c.index[0])), min(int(hi), int(c.index[-1]))
+            if a <= b:
+                out.append(
+                    f"series {c.key} x{c.factor} stride {c.stride}: slices {a}-{b} of the "
+                    f"{int(c.index[0])}-{int(c.index[-1])} evaluated were used to train the "
+                    f"x{c.factor} U-net ({model.path or model.digest[:12]}), so its numbers "
+                    "there are optimistic; evaluate held-out slices "
+                    f"(series={{key: slice({hi + 1}, None)}}, CLI --series KEY:{hi + 1}:) "
+                    "or other series"
+                )
+    return out
 
 
 def _per_slice(cases: list[_Case], methods: Sequence[str]) -> xr.Dataset:

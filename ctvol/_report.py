@@ -240,6 +240,8 @@ def markdown(rep: EvaluationReport) -> str:
         lines.append(f"- U-net x{k}: `{m['path'] or 'in-memory'}` (sha256 {m['digest'][:12]}…)"
                      + (f"; trained on: {m['trained_on']}" if m.get("trained_on") else ""))
     lines.append("")
+    if info.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in info["warnings"]] + [""]
     for conv in ("generated", "volume"):
         for s in info["strides"]:
             sel = t[(t.series == "all") & (t.convention == conv) & (t.stride == s)]

@@ -153,9 +153,12 @@ def _series_arg(text: str) -> tuple[str, slice | None]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
     import pandas as pd
 
     import ctvol
+    from ctvol.errors import EvaluationWarning
 
     series: Any = None
     if args.series:
@@ -169,10 +172,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model = {m.factor: m for m in loaded}
     with _scheduler(args.scheduler, args.workers):
         try:
-            rep = ctvol.evaluate(args.store, args.factor, methods=args.method, model=model,
-                                 series=series, strides=args.stride,
-                                 batch_size=args.batch_size, device=args.device,
-                                 progress=not args.quiet)
+            with warnings.catch_warnings():  # shown once, after the tables
+                warnings.simplefilter("ignore", EvaluationWarning)
+                rep = ctvol.evaluate(args.store, args.factor, methods=args.method,
+                                     model=model, series=series, strides=args.stride,
+                                     batch_size=args.batch_size, device=args.device,
+                                     progress=not args.quiet)
         except ValueError as exc:  # bad factor/model combination, nothing evaluable
             print(f"ctvol evaluate: error: {exc}", file=sys.stderr)
             return 1
@@ -183,6 +188,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"\n{conv}: {ctvol._evaluate.CONVENTIONS[conv]}")
             print(rep.summary(convention=conv, stride=min(args.stride)).to_string(na_rep="—"))
     skipped = rep.info["data"]["skipped"]
+    for w in rep.info["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     for d in skipped:
         print(f"skipped {d['series']} x{d['factor']} stride {d['stride']}: {d['reason']}",
               file=sys.stderr)

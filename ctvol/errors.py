@@ -14,6 +14,7 @@ __all__ = [
     "CtvolWarning",
     "DicomReadError",
     "GeometryError",
+    "EvaluationWarning",
     "GeometryWarning",
     "HounsfieldRangeError",
     "IngestWarning",
@@ -56,6 +57,10 @@ class CtvolWarning(UserWarning):
 
 class GeometryWarning(CtvolWarning):
     """Geometry that ctvol accepts but the user should know about."""
+
+
+class EvaluationWarning(CtvolWarning):
+    """An evaluation whose numbers are biased, e.g. on slices a model was trained on."""
 
 
 class IngestWarning(CtvolWarning):

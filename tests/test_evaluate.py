@@ -286,3 +286,21 @@ def test_cli_evaluate(sample_store: str, tmp_path: pathlib.Path,
                  "--series", f"{key}:0:3", "-o", str(out), "--scheduler", "threads",
                  "-q"]) == 1
     assert "no series could be evaluated" in capsys.readouterr().err
+
+
+def test_warns_when_evaluating_on_training_slices(tmp_path: pathlib.Path) -> None:
+    from ctvol.errors import EvaluationWarning
+
+    model = tiny_model(3)
+    model.provenance["training_slices"] = {"1.2.3": [0, 6]}
+    ds = _volume(n=13)
+    with pytest.warns(EvaluationWarning, match=r"slices 0-6 of the 0-12 evaluated were used "
+                                               r"to train.*slice\(7, None\)"):
+        rep = ctvol.evaluate(ds, 3, model=model)
+    assert len(rep.info["warnings"]) == 1
+    assert "## Warnings" in rep.to_markdown()
+    clean = ctvol.evaluate(ds, 3, model=model, series=slice(7, None))  # held out: no warning
+    assert clean.info["warnings"] == []
+    # the bundled models say which slices of the real series they were trained on
+    assert ctvol.load_model("unet-x3").provenance["training_slices"] == {
+        "1.3.46.670589.33.1.3963937485511329090.25659488233390035616": [0, 91]}

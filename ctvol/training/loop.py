@@ -80,6 +80,15 @@ def _metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(psnr)), float(np.mean(ssim))
 
 
+def _slices_used(ds: Any) -> dict[str, list[int]]:
+    used: dict[str, list[int]] = {}
+    for w in ds.windows:
+        last = w.start + ds.factor * w.step
+        lo, hi = used.get(w.key, [w.start, last])
+        used[w.key] = [min(lo, w.start), max(hi, last)]
+    return used
+
+
 def train(
     store: str | os.PathLike[str],
     factor: int,
@@ -186,7 +195,10 @@ def train(
         start, best = int(meta["epoch"]), float(meta["best_val_loss"])
     provenance = {"store": str(store), "factor": factor, "crop": crop, "strides": list(strides),
                   "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
-                  "train_windows": len(train_set), "val_windows": len(val_set)}
+                  "train_windows": len(train_set), "val_windows": len(val_set),
+                  # first and last slice index each training series contributed
+                  # (ctvol.evaluate warns when evaluating on them)
+                  "training_slices": _slices_used(train_set)}
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.csv"
     if not resume or not log_path.exists():
