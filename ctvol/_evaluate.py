@@ -174,8 +174,11 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
         given = {}
     out = {}
     for k in factors:
-        out[k] = given[k] if k in given else (None if model is not None else _load(_bundled_for(k)))
-        if out[k] is None:
+        if k in given:
+            out[k] = given[k]
+        elif model is None:
+            out[k] = _load(_bundled_for(k))
+        else:
             raise ValueError(
                 f"no model for factor {k}: the model(s) given generate factor(s) "
                 f"{sorted(given)}; pass model={{factor: path, ...}} or drop factor {k}"
@@ -354,7 +357,9 @@ def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
     out = []
     for c in cases:
         model = models.get(c.factor)
-        used = ((model.provenance or {}).get("training_slices") or {}) if model else {}
+        if model is None:
+            continue
+        used = (model.provenance or {}).get("training_slices") or {}
         uid = str(c.series_uid or "")
         for key, (lo, hi) in used.items():
             if key not in (c.key, uid):

@@ -80,8 +80,9 @@ def example(rep: EvaluationReport, case: _Case, path: pathlib.Path) -> None:
                 continue
             m = slice_metrics(slices["real"][col], slices[meth][col], window=win)[0]
             _show(ax, slices[meth][col], win, f"{meth}\n{_title(m)}")
-    fig.suptitle(f"{_short(case.key)}: factor {k}, pair of slices {first} and {first + k * case.stride}"
-                 f" (display window {win[0]:g}..{win[1]:g} HU)", fontsize=8)
+    fig.suptitle(f"{_short(case.key)}: factor {k}, pair of slices {first} and "
+                 f"{first + k * case.stride} (display window {win[0]:g}..{win[1]:g} HU)",
+                 fontsize=8)
     fig.savefig(path, dpi=110)
 
 
@@ -100,7 +101,8 @@ def differences(rep: EvaluationReport, k: int, stride: int, path: pathlib.Path) 
             ax.axvline(row["mean"], color="C3", lw=1.2, label=f"mean {row['mean']:.3g}")
             ax.legend(fontsize=7)
         p = "—" if row["p"] is None or not np.isfinite(row["p"]) else f"{row['p']:.2g}"
-        ax.set_title(f"{_LABELS[metric]}: {diff}\nn = {int(row['n'])}, paired t p = {p}", fontsize=8)
+        ax.set_title(f"{_LABELS[metric]}: {diff}\nn = {int(row['n'])}, paired t p = {p}",
+                     fontsize=8)
         ax.set_xlabel("per-slice difference", fontsize=8)
     axes[0].set_ylabel("generated slices", fontsize=8)
     fig.suptitle(f"factor {k}: per-slice differences (positive PSNR/SSIM, negative MSE: "
@@ -148,12 +150,17 @@ def draw_all(rep: EvaluationReport, folder: pathlib.Path) -> list[str]:
         if stride is None:  # every series was skipped for this factor
             continue
         case = next(c for c in rep._cases if c.factor == k and c.stride == stride)
-        jobs = [(f"example_x{k}.png", lambda p, c=case: example(rep, c, p)),
-                (f"worst_x{k}.png", lambda p, k=k: worst(rep, k, p))]
+        names = [f"example_x{k}.png"]
         if f"x{k}/hist/psnr" in rep.figure_data:
-            jobs.insert(1, (f"differences_x{k}.png",
-                            lambda p, k=k, s=stride: differences(rep, k, s, p)))
-        for name, draw in jobs:
-            draw(folder / name)
+            names.append(f"differences_x{k}.png")
+        names.append(f"worst_x{k}.png")
+        for name in names:
+            path = folder / name
+            if name.startswith("example"):
+                example(rep, case, path)
+            elif name.startswith("differences"):
+                differences(rep, k, stride, path)
+            else:
+                worst(rep, k, path)
             made.append(f"{folder.name}/{name}")
     return made

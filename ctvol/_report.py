@@ -68,11 +68,11 @@ def _row(stat: dict[str, np.ndarray], idx: tuple[int, ...], paired: bool,
     n = int(stat["n"][idx])
     mean = float(stat["mean"][idx]) if n else None
     sd = math.sqrt(float(stat["var"][idx])) if n > 1 else None
-    ci = (None, None)
-    if n > 1 and sd is not None and mean is not None:
+    ci: tuple[float | None, float | None] = (None, None)
+    if sd is not None and mean is not None:
         h = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
         ci = (mean - h, mean + h)
-    t, p = paired_t(n, mean, sd) if paired and n > 1 and mean is not None and sd else (None, None)
+    t, p = paired_t(n, mean, sd) if paired and mean is not None and sd else (None, None)
     return {**labels, "n": n, "n_exact": int(stat["n_exact"][idx]), "mean": mean, "sd": sd,
             "ci_low": ci[0], "ci_high": ci[1],
             "min": float(stat["min"][idx]) if n else None,
@@ -92,7 +92,6 @@ def _volume(metrics: Any) -> Any:
 
 def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The report table and the data behind the figures (small numpy arrays)."""
-    import dask
     import dask.array as da
     import pandas as pd
 
@@ -179,7 +178,8 @@ def _figure_data(cases: list[_Case], groups: dict[tuple[int, int], list[_Case]],
         where = []
         for flat in np.asarray(out[f"x{k}/worst"]).tolist():
             ci = int(np.searchsorted(bounds, flat, side="right") - 1)
-            where.append((cases.index(cs[ci]), int(np.flatnonzero(cs[ci].generated)[flat - bounds[ci]])))
+            gidx = int(np.flatnonzero(cs[ci].generated)[flat - bounds[ci]])
+            where.append((cases.index(cs[ci]), gidx))
         out[f"x{k}/worst"] = where
         out[f"x{k}/stride"] = s
     return out
@@ -208,8 +208,12 @@ def summary(rep: EvaluationReport, *, convention: str = "generated",
     return out
 
 
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _fmt(v: Any, metric: str = "", *, exact: int = 0) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if _missing(v):
         return "∞ (all exact)" if metric == "psnr" and exact else "—"
     if metric == "mse":
         return f"{v:.3g}"
@@ -219,9 +223,57 @@ def _fmt(v: Any, metric: str = "", *, exact: int = 0) -> str:
 
 
 def _p(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    return f"{v:.2g}"
+    return "—" if _missing(v) else f"{v:.2g}"
+
+
+_TITLES = {"generated": "Generated slices only (primary)",
+           "volume": "Whole volume, kept slices included"}
+
+
+def _table2(sel: pd.DataFrame, factors: list[int], unit: str) -> list[str]:
+    """The Table 2 layout of one convention and stride: rows metric, columns method per factor."""
+    heads, cells = ["metric"], {m: [_LABELS[m]] for m in METRICS}
+    ns = []
+    for k in factors:
+        sk = sel[sel.factor == k]
+        if sk.empty:
+            continue
+        for meth in sk.method.unique():
+            g = sk[sk.method == meth].set_index("metric")
+            paired = " - " in meth
+            heads.append(f"x{k} p ({meth})" if paired else f"x{k} {meth}")
+            for m in METRICS:
+                r = g.loc[m]
+                if paired:
+                    cells[m].append(_p(r["p"]))
+                else:
+                    sd = "" if _missing(r["sd"]) else f" ± {_fmt(r['sd'], m)}"
+                    cells[m].append(_fmt(r["mean"], m, exact=int(r["n_exact"])) + sd)
+        first = sk.iloc[0]
+        ns.append(f"x{k}: n = {int(first['n']) + int(first['n_exact'])} {unit}")
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(cells[m]) + " |" for m in METRICS]
+    lines += ["", "mean ± sd; " + "; ".join(ns), ""]
+    exact = sel[(sel.metric == "psnr") & (sel.n_exact > 0) & ~sel.method.str.contains(" - ")]
+    for _, r in exact.iterrows():
+        lines.append(f"- x{r['factor']} {r['method']}: {r['n_exact']} {unit} reproduced "
+                     "exactly (MSE 0, PSNR +inf), excluded from the PSNR mean")
+    return lines + ([""] if not exact.empty else [])
+
+
+def _per_series(t: pd.DataFrame) -> list[str]:
+    per = t[(t.series != "all") & (t.convention == "generated") & ~t.method.str.contains(" - ")]
+    if per.empty:
+        return []
+    lines = ["## Per series (generated slices only)", "",
+             "| series | factor | stride | method | n | PSNR (dB) | SSIM | MSE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (key, k, s, meth), g in per.groupby(["series", "factor", "stride", "method"], sort=False):
+        g = g.set_index("metric")
+        values = " | ".join(_fmt(g.loc[m, "mean"], m, exact=int(g.loc[m, "n_exact"]))
+                            for m in METRICS)
+        lines.append(f"| {key} | x{k} | {s} | {meth} | {int(g.loc['ssim', 'n'])} | {values} |")
+    return [*lines, ""]
 
 
 def markdown(rep: EvaluationReport) -> str:
@@ -247,50 +299,10 @@ def markdown(rep: EvaluationReport) -> str:
             sel = t[(t.series == "all") & (t.convention == conv) & (t.stride == s)]
             if sel.empty:
                 continue
-            unit = "slices" if conv == "generated" else "series"
-            lines += [f"## {'Generated slices only (primary)' if conv == 'generated' else 'Whole volume, kept slices included'}"
-                      f" — pairs (i, i+{'' if s == 1 else f'{s}·'}k)", "",
-                      f"_{_conv_text(conv)}_", ""]
-            heads, cells = ["metric"], {m: [_LABELS[m]] for m in METRICS}
-            ns = []
-            for k in info["factors"]:
-                sk = sel[sel.factor == k]
-                if sk.empty:
-                    continue
-                for meth in sk.method.unique():
-                    g = sk[sk.method == meth].set_index("metric")
-                    if " - " in meth:
-                        heads.append(f"x{k} p ({meth})")
-                        for m in METRICS:
-                            cells[m].append(_p(g.loc[m, "p"]))
-                    else:
-                        heads.append(f"x{k} {meth}")
-                        for m in METRICS:
-                            r = g.loc[m]
-                            sd = "" if r["sd"] is None or (isinstance(r["sd"], float) and math.isnan(r["sd"])) \
-                                else f" ± {_fmt(r['sd'], m)}"
-                            cells[m].append(_fmt(r["mean"], m, exact=int(r["n_exact"])) + sd)
-                ns.append(f"x{k}: n = {int(sk.iloc[0]['n']) + int(sk.iloc[0]['n_exact'])} {unit}")
-            lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-            lines += ["| " + " | ".join(cells[m]) + " |" for m in METRICS]
-            lines += ["", "mean ± sd; " + "; ".join(ns), ""]
-            exact = sel[(sel.metric == "psnr") & (sel.n_exact > 0) & ~sel.method.str.contains(" - ")]
-            for _, r in exact.iterrows():
-                lines.append(f"- x{r['factor']} {r['method']}: {r['n_exact']} {unit} reproduced "
-                             "exactly (MSE 0, PSNR +inf), excluded from the PSNR mean")
-            if not exact.empty:
-                lines.append("")
-    per = t[(t.series != "all") & (t.convention == "generated") & ~t.method.str.contains(" - ")]
-    if not per.empty:
-        lines += ["## Per series (generated slices only)", "",
-                  "| series | factor | stride | method | n | PSNR (dB) | SSIM | MSE |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for (key, k, s, meth), g in per.groupby(["series", "factor", "stride", "method"], sort=False):
-            g = g.set_index("metric")
-            lines.append(f"| {key} | x{k} | {s} | {meth} | {int(g.loc['ssim', 'n'])} | "
-                         + " | ".join(_fmt(g.loc[m, "mean"], m, exact=int(g.loc[m, "n_exact"]))
-                                      for m in METRICS) + " |")
-        lines.append("")
+            pairs = "(i, i+k)" if s == 1 else f"(i, i+{s}·k)"
+            lines += [f"## {_TITLES[conv]} — pairs {pairs}", "", f"_{_conv_text(conv)}_", ""]
+            lines += _table2(sel, info["factors"], "slices" if conv == "generated" else "series")
+    lines += _per_series(t)
     if info["data"]["skipped"]:
         lines += ["## Skipped", ""]
         lines += [f"- {d['series']} x{d['factor']} stride {d['stride']}: {d['reason']}"
@@ -316,7 +328,7 @@ def info(*, store: str | None, factors: list[int], strides: list[int], methods: 
     from . import __version__
     from ._evaluate import CONVENTIONS
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("numpy", "scipy", "scikit-image", "dask", "distributed", "xarray", "zarr",
                 "torch", "pandas"):
         try:
@@ -340,7 +352,7 @@ def info(*, store: str | None, factors: list[int], strides: list[int], methods: 
         })
     return {
         "ctvol_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "store": store, "factors": factors, "strides": strides, "methods": list(methods),
         "window": list(window), "data_range": 1.0, "conventions": CONVENTIONS,
         "t_test": "paired (scipy.stats.ttest_rel semantics), computed from the aggregated "
@@ -366,7 +378,8 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def save(rep: EvaluationReport, path: str | os.PathLike[str], *, figures: bool = True) -> pathlib.Path:
+def save(rep: EvaluationReport, path: str | os.PathLike[str], *,
+         figures: bool = True) -> pathlib.Path:
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if figures:
