@@ -12,11 +12,13 @@ from __future__ import annotations
 __all__ = [
     "CtvolError",
     "CtvolWarning",
+    "CurationError",
     "DicomReadError",
     "GeometryError",
     "GeometryWarning",
     "HounsfieldRangeError",
     "IngestWarning",
+    "LabelError",
     "NoInputError",
     "SeriesNotFoundError",
     "StoreError",
@@ -64,3 +66,11 @@ class IngestWarning(CtvolWarning):
 
 class NoInputError(CtvolError, FileNotFoundError):
     """Nothing to work on: no files under the given inputs."""
+
+
+class CurationError(CtvolError, ValueError):
+    """Curation cannot produce a volume: no body in any slice, nothing left to keep."""
+
+
+class LabelError(CtvolError, ValueError):
+    """Slice labels or landmark annotations that do not match the store (unknown slices)."""

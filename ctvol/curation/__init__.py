@@ -1,0 +1,1 @@
+"""Curation: slice classification, blank removal, gap filling, the slice localizer."""
