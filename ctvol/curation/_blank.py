@@ -85,8 +85,10 @@ def body_fraction(
     >>> import numpy as np
     >>> air = np.full((1, 64, 64), -1000, dtype=np.int16)
     >>> body = air.copy(); body[0, 16:48, 16:48] = 40   # a 32 mm soft-tissue square
-    >>> body_fraction(np.concatenate([air, body])).round(3).tolist()
-    [0.0, 0.25]
+    >>> [round(float(f), 3) for f in body_fraction(np.concatenate([air, body]))]
+    [0.0, 0.245]
+
+    (0.25 of the image, less the corners the 6 mm disc cannot reach.)
     """
     from scipy import ndimage as ndi
     from skimage.measure import block_reduce

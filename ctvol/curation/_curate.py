@@ -301,9 +301,14 @@ def curate(
                 kept.append((i, start, stop))
     if not kept:
         n_blank = sum(int(np.isin(c, codes_blank).sum()) for c in codes)
-        most = (f"; the largest thick-tissue fraction is {max(float(f.max()) for f in fractions):.3%}"
-                f" (threshold min_fraction={classify_kwargs.get('min_fraction', 0.002):g})"
-                if fractions else "")
+        most = ""
+        if fractions:
+            from ._blank import MIN_FRACTION
+
+            largest = max(float(f.max()) for f in fractions)
+            threshold = classify_kwargs.get("min_fraction", MIN_FRACTION)
+            most = (f"; the largest thick-tissue fraction is {largest:.3%} "
+                    f"(threshold min_fraction={threshold:g})")
         raise CurationError(
             f"nothing to keep in {name}: {n_blank} of {total} slices are blank and no non-blank "
             f"run has {min_slices} slices{most}. Check the labels (ctvol.classify_slices), "

@@ -76,6 +76,7 @@ def curate_store(
         blank = int((codes == classes.index("blank")).sum()) if "blank" in classes else 0
         try:
             kept = curate(ds.drop_vars("label", errors="ignore"), labels=lab)
+            assert not isinstance(kept, list)  # split=False: one Dataset
             info = dict(kept.attrs["curation"])
             row = {"kept": info["kept"]["n"], "z0": info["kept"]["z0"],
                    "z1": info["kept"]["z1"], "note": ""}

@@ -227,7 +227,8 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
         ds = SliceItems(url, its, size=input_size, window=HU_WINDOW,
                         storage_options=storage_options)
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
+                          generator=g)
 
     out_dir = pathlib.Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from ctvol.testing import head_phantom, raise_if_dask_computes, write_dicom_seri
 
 
 def coords_only(n: int = 6, dz: float = 5.0) -> xr.Dataset:
-    return xr.Dataset(coords={"z": dz * np.arange(n), "sop_uid": ("z", [f"1.{i}" for i in range(n)])},
+    sops = [f"1.{i}" for i in range(n)]
+    return xr.Dataset(coords={"z": dz * np.arange(n), "sop_uid": ("z", sops)},
                       attrs={"series_uid": "9.9"})
 
 
