@@ -21,14 +21,21 @@ __all__ = [
     "IngestReport",
     "__version__",
     "catalog",
+    "classify_slices",
+    "curate",
     "evaluate",
     "ingest",
     "list_series",
     "open_cohort",
     "open_series",
     "load_model",
+    "localize",
+    "match_slices",
+    "partition_of",
     "reslice",
     "train",
+    "train_classifier",
+    "train_localizer",
     "write",
 ]
 
@@ -44,12 +51,28 @@ _LAZY = {
     "open_cohort": "ctvol.io.store",
     "open_series": "ctvol.io.store",
     "write": "ctvol.io.store",
+    "classify_slices": "ctvol.curation",
+    "curate": "ctvol.curation",
+    "localize": "ctvol.curation",
+    "match_slices": "ctvol.curation",
+    "partition_of": "ctvol.curation",
+    "train_classifier": "ctvol.curation",
+    "train_localizer": "ctvol.curation",
 }
 
 if TYPE_CHECKING:
     from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
     from ._reslice import reslice
+    from .curation import (
+        classify_slices,
+        curate,
+        localize,
+        match_slices,
+        partition_of,
+        train_classifier,
+        train_localizer,
+    )
     from .io.store import catalog, list_series, open_cohort, open_series, write
     from .models import load_model
     from .training.loop import train

@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ``ctvol ingest``, ``reslice``, ``train``, ``evaluate``, ``info``.
+"""The ``ctvol`` command line: ``ingest``, ``reslice``, ``train``, ``evaluate``, ``curate``, ``info``.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -211,6 +211,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from ctvol.curation._store import curate_store
+
+    with _scheduler(args.scheduler, args.workers):
+        table = curate_store(args.store, keys=args.series, model=args.model,
+                             min_fraction=args.min_fraction, progress=not args.quiet)
+    print()
+    print(table.to_string(index=False))
+    empty = table[table["kept"] == 0]
+    print(f"\n{len(table)} series classified; labels written to series/<key>/label in "
+          f"{args.store}" + (f"; {len(empty)} with no body at all" if len(empty) else ""))
+    return EXIT_PARTIAL if len(empty) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ctvol import __version__
 
@@ -287,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("curate", help="classify every slice (blank or not); store the labels")
+    p.add_argument("store", help="cohort store")
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
+    p.add_argument("--model", help="slice classifier checkpoint (default: the blank rule)")
+    p.add_argument("--min-fraction", type=float, default=0.002,
+                   help="blank rule: smallest thick-tissue fraction of the FOV (default 0.002)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_curate)
 
     p = sub.add_parser("info", help="print a store's catalog")
     p.add_argument("store")

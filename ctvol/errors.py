@@ -12,12 +12,14 @@ from __future__ import annotations
 __all__ = [
     "CtvolError",
     "CtvolWarning",
+    "CurationError",
     "DicomReadError",
     "GeometryError",
     "EvaluationWarning",
     "GeometryWarning",
     "HounsfieldRangeError",
     "IngestWarning",
+    "LabelError",
     "NoInputError",
     "SeriesNotFoundError",
     "StoreError",
@@ -69,3 +71,11 @@ class IngestWarning(CtvolWarning):
 
 class NoInputError(CtvolError, FileNotFoundError):
     """Nothing to work on: no files under the given inputs."""
+
+
+class CurationError(CtvolError, ValueError):
+    """Curation cannot produce a volume: no body in any slice, nothing left to keep."""
+
+
+class LabelError(CtvolError, ValueError):
+    """Slice labels or landmark annotations that do not match the store (unknown slices)."""

@@ -1,0 +1,277 @@
+"""Slice-level networks (classifier, localizer) and their checkpoints.
+
+One small ResNet-style network serves both tasks: a stem convolution, stages
+of residual basic blocks (two 3x3 convolutions, batch-norm, identity or 1x1
+projection shortcut) each halving the resolution, global average pooling and
+a linear head: ``len(classes)`` logits for the classifier (softmax), one
+logit for the localizer (sigmoid: a location in [0, 1]).
+
+A checkpoint is a folder, like the reslice models'::
+
+    model.safetensors   the weights (loading never unpickles)
+    config.json         {"format": "ctvol-slice-model", "version": 1,
+                         "task": "classify" | "localize", "architecture": {...},
+                         "classes": [...], "window": [-1024, 1024],
+                         "input_size": 128, "provenance": {...}}
+
+Slices are windowed to [0, 1] (the project's HU window), padded to a square
+with air and resized to ``input_size`` (antialiased bilinear): the same
+:func:`prepare` runs in training and inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import pathlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..intensity import HU_WINDOW, to_unit
+
+__all__ = ["FORMAT", "SliceModel", "load_slice_model", "prepare", "save_slice_model",
+           "slice_net"]
+
+FORMAT = "ctvol-slice-model"
+TASKS = ("classify", "localize")
+
+_CACHE: dict[tuple[str, str], SliceModel] = {}
+_LOCK = threading.Lock()
+
+
+def slice_net(outputs: int, *, widths: Sequence[int] = (16, 32, 64, 128),
+              blocks: int = 1) -> Any:
+    """A small ResNet-style network: (n, 1, S, S) in [0, 1] -> (n, outputs) logits.
+
+    Parameters
+    ----------
+    outputs : int
+        Number of logits (classes, or 1 for the localizer).
+    widths : sequence of int
+        Channels of each stage; every stage halves the resolution.
+    blocks : int
+        Residual blocks per stage.
+    """
+    import torch
+    from torch import nn
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = (nn.Identity() if stride == 1 and cin == cout else
+                          nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                        nn.BatchNorm2d(cout)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+    class SliceNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = {"outputs": int(outputs), "widths": [int(w) for w in widths],
+                           "blocks": int(blocks)}
+            self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 2, 1, bias=False),
+                                      nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            layers: list[nn.Module] = []
+            cin = widths[0]
+            for w in widths:
+                for b in range(blocks):
+                    layers.append(Basic(cin, w, 2 if b == 0 else 1))
+                    cin = w
+            self.stages = nn.Sequential(*layers)
+            self.head = nn.Linear(cin, outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stages(self.stem(x))
+            return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    if outputs < 1 or not widths or blocks < 1:
+        raise ValueError(f"bad architecture: outputs={outputs}, widths={widths}, blocks={blocks}")
+    return SliceNet()
+
+
+def prepare(hu: np.ndarray, size: int, window: tuple[float, float] = HU_WINDOW) -> Any:
+    """HU slices (n, H, W) -> float32 tensor (n, 1, size, size) in [0, 1].
+
+    Windowed, padded to a square with the window's low end (air), resized with
+    antialiased bilinear interpolation.
+    """
+    import torch
+
+    x = torch.from_numpy(to_unit(np.asarray(hu), window))[:, None]
+    h, w = x.shape[-2:]
+    if h != w:
+        d = abs(h - w)
+        pad = (d // 2, d - d // 2, 0, 0) if h > w else (0, 0, d // 2, d - d // 2)
+        x = torch.nn.functional.pad(x, pad, value=0.0)
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False)
+    return x.contiguous()
+
+
+class SliceModel:
+    """A trained slice-level network with its config (classifier or localizer).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        From :func:`slice_net`.
+    task : {"classify", "localize"}
+    classes : sequence of str
+        Class names (classifier), in logit order; ``["location"]`` for the localizer.
+    input_size : int
+        Side of the square the slices are resized to.
+    window : (float, float)
+        HU window mapped to [0, 1].
+    """
+
+    def __init__(self, net: Any, *, task: str, classes: Sequence[str], input_size: int = 128,
+                 window: tuple[float, float] = HU_WINDOW,
+                 provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+        self.net = net.eval()
+        self.task = task
+        self.classes = [str(c) for c in classes]
+        self.input_size = int(input_size)
+        self.window = (float(window[0]), float(window[1]))
+        self.provenance = dict(provenance or {})
+        self.path = path
+        self._digest: str | None = None
+        self._device = "cpu"
+
+    @property
+    def outputs(self) -> int:
+        return len(self.classes)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "task": self.task,
+                "architecture": dict(self.net.config), "classes": list(self.classes),
+                "input_size": self.input_size, "window": list(self.window),
+                "provenance": self.provenance}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of config and weights: the model's identity in caches and reports."""
+        if self._digest is None:
+            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+            for name, t in sorted(self.net.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def to(self, device: str) -> SliceModel:
+        import torch
+
+        self.net.to(torch.device(device))
+        self._device = device
+        return self
+
+    def predict(self, hu: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+        """HU slices (n, H, W) -> (n, outputs) float32: class probabilities or locations."""
+        import torch
+
+        out = np.empty((hu.shape[0], self.outputs), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, hu.shape[0], batch_size):
+                x = prepare(hu[s : s + batch_size], self.input_size, self.window)
+                y = self.net(x.to(self._device)).float()
+                y = torch.softmax(y, dim=1) if self.task == "classify" else torch.sigmoid(y)
+                out[s : s + batch_size] = y.cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return (f"<SliceModel {self.task} classes={self.classes} size={self.input_size} "
+                f"{self.path or '(in memory)'}>")
+
+
+def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+    from safetensors.torch import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    model.path = str(out)
+    return out
+
+
+def load_slice_model(path: str | os.PathLike[str], *, task: str | None = None) -> SliceModel:
+    """Load a slice classifier/localizer checkpoint folder (never unpickles).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``config.json`` + ``model.safetensors`` in the folder.
+    ValueError
+        Not a slice-model checkpoint, or one for another task.
+    """
+    from safetensors.torch import load_file
+
+    folder = pathlib.Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        raise FileNotFoundError(
+            f"no slice model at {folder}: a checkpoint folder holds config.json and "
+            "model.safetensors; train one with ctvol.curation.train_classifier / "
+            "train_localizer"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a ctvol slice model (format {cfg.get('format')!r},"
+                         f" expected {FORMAT!r}); reslice U-nets go to ctvol.reslice instead")
+    if task is not None and cfg["task"] != task:
+        raise ValueError(f"{folder} is a {cfg['task']!r} model, but a {task!r} model is needed")
+    arch = cfg["architecture"]
+    net = slice_net(arch["outputs"], widths=arch["widths"], blocks=arch["blocks"])
+    net.load_state_dict(load_file(str(weights)))
+    return SliceModel(net, task=cfg["task"], classes=cfg["classes"],
+                      input_size=cfg["input_size"], window=tuple(cfg["window"]),  # type: ignore[arg-type]
+                      provenance=cfg.get("provenance"), path=str(folder))
+
+
+def resolve(model: Any, task: str) -> SliceModel:
+    """A SliceModel from a model object or a checkpoint path, checked for ``task``."""
+    if isinstance(model, SliceModel):
+        if model.task != task:
+            raise ValueError(f"{model!r} is a {model.task!r} model, but a {task!r} model "
+                             "is needed")
+        return model
+    if isinstance(model, str | os.PathLike):
+        return load_slice_model(model, task=task)
+    raise TypeError(f"model must be a SliceModel or a checkpoint folder path, got "
+                    f"{type(model).__name__}")
+
+
+def cached(source: Any, device: str) -> SliceModel:
+    """The model for ``source`` (path or SliceModel) on ``device``, once per process."""
+    from ..inference import _configure_torch_threads
+
+    key = (source.digest if isinstance(source, SliceModel) else str(source), device)
+    with _LOCK:  # threads of one worker share one copy
+        model = _CACHE.get(key)
+        if model is None:
+            if not _CACHE:
+                _configure_torch_threads()
+            # A copy of in-memory models: the cache must not move the caller's object.
+            model = copy.deepcopy(source) if isinstance(source, SliceModel) \
+                else load_slice_model(source)
+            _CACHE[key] = model.to(device)
+    return model

@@ -1,0 +1,47 @@
+"""Deterministic train / validation / test partitions of series.
+
+As in the slice-localizer method: every series is assigned to one partition
+by a hash of its SeriesInstanceUID, so all slices of a series land on one side
+and the assignment never changes when the cohort grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["PARTITIONS", "partition_of"]
+
+#: Partition of each residue of SHA-256(SeriesInstanceUID) mod 10: 70 / 20 / 10 %.
+PARTITIONS: tuple[str, ...] = ("train",) * 7 + ("val",) * 2 + ("test",)
+
+
+def partition_of(series_uid: str) -> str:
+    """``"train"``, ``"val"`` or ``"test"`` for a series, from SHA-256 of its UID mod 10.
+
+    Residues 0-6 are train (70 %), 7-8 validation (20 %), 9 test (10 %).
+
+    Parameters
+    ----------
+    series_uid : str
+        SeriesInstanceUID (not the store key: runs and parts of one series
+        share their UID and so their partition).
+
+    Raises
+    ------
+    TypeError
+        ``series_uid`` is not a non-empty string.
+
+    Examples
+    --------
+    >>> from ctvol.curation import partition_of
+    >>> import hashlib
+    >>> uid = "1.2.840.113619.2.55.3"
+    >>> int.from_bytes(hashlib.sha256(uid.encode()).digest(), "big") % 10
+    2
+    >>> partition_of(uid)
+    'train'
+    """
+    if not isinstance(series_uid, str) or not series_uid:
+        raise TypeError(f"series_uid must be a non-empty string, got {series_uid!r}")
+    digest = hashlib.sha256(series_uid.encode("utf-8")).digest()
+    return PARTITIONS[int.from_bytes(digest, "big") % 10]

@@ -1,0 +1,403 @@
+"""Training the slice classifier and the slice localizer from a cohort store.
+
+Both reuse the project's training machinery: slices are read one at a time
+straight from Zarr (never whole volumes), the paper's augmentation
+(:func:`ctvol.training.random_affine`: rotation, shift, zoom, flip) runs
+batch-wise in torch, Adam optimises, and the checkpoint is the project's
+format (safetensors + JSON, :mod:`ctvol.curation._net`). Series are assigned
+to train / validation / test by :func:`ctvol.curation.partition_of`.
+
+Output folder::
+
+    out/model.safetensors, out/config.json   the epoch with the best validation
+                                             loss (the last epoch without validation)
+    out/log.csv                              one row per epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import LabelError
+
+__all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
+
+LABEL_COLUMNS = ("series", "sop_uid | z_index", "label")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    index: int
+    target: float  # class index, or location
+
+
+def _series_index(store: str, storage_options: Any) -> tuple[dict[str, dict[str, Any]], Any]:
+    from ..io.store import _series_attrs, open_store
+
+    root = open_store(store, storage_options=storage_options)
+    return _series_attrs(root), root
+
+
+def _keys_for(name: str, series: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Store keys for a key or a SeriesInstanceUID (a UID may have several runs/parts)."""
+    if name in series:
+        return [name]
+    return sorted(k for k, a in series.items() if a.get("series_uid") == name)
+
+
+def read_slice_labels(
+    store: str | os.PathLike[str],
+    labels: Any,
+    *,
+    classes: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[Item], list[str]]:
+    """Resolve a labels table against a store: one item per labelled slice.
+
+    Parameters
+    ----------
+    labels : path to a CSV file, or pandas.DataFrame
+        Columns ``series`` (store key or SeriesInstanceUID), ``sop_uid`` or
+        ``z_index`` (0-based slice index in the store's z order), ``label``.
+    classes : sequence of str, optional
+        The label set, in output order; default: the labels found, sorted.
+
+    Returns
+    -------
+    items, classes
+
+    Raises
+    ------
+    LabelError
+        Missing columns, unknown series, slices not in their series, labels
+        not in ``classes``; the message names the offending rows.
+    """
+    import pandas as pd
+
+    from ..io.store import _url
+
+    df = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(
+        labels, dtype={"series": str, "sop_uid": str, "label": str})
+    cols = set(df.columns)
+    if not {"series", "label"} <= cols or not cols & {"sop_uid", "z_index"}:
+        raise LabelError(f"labels table needs columns {LABEL_COLUMNS} (one of sop_uid / z_index),"
+                         f" got {sorted(cols)}")
+    if df.empty:
+        raise LabelError("labels table has no rows")
+    df = df.assign(label=df["label"].astype(str))
+    found = sorted(set(df["label"]))
+    classes = list(classes) if classes is not None else found
+    unknown_labels = sorted(set(found) - set(classes))
+    if unknown_labels:
+        raise LabelError(f"labels {unknown_labels} are not in classes {classes}; add them to "
+                         "classes= or fix the table")
+    series, root = _series_index(_url(store), storage_options)
+    items: list[Item] = []
+    bad: list[str] = []
+    sops_of: dict[str, np.ndarray] = {}
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        keys = _keys_for(str(r["series"]), series)
+        if not keys:
+            bad.append(f"series {r['series']!r}: not in the store")
+            continue
+        target = float(classes.index(r["label"]))
+        sop = r.get("sop_uid")
+        if isinstance(sop, str) and sop:
+            hit = None
+            for k in keys:
+                if k not in sops_of:
+                    sops_of[k] = np.array([str(v) for v in root[f"series/{k}/sop_uid"][:]])
+                where = np.flatnonzero(sops_of[k] == sop)
+                if where.size:
+                    hit = Item(k, int(where[0]), target)
+                    break
+            if hit is None:
+                bad.append(f"series {r['series']!r}: no slice with SOPInstanceUID {sop}")
+            else:
+                items.append(hit)
+            continue
+        zi = r.get("z_index")
+        n = int(root[f"series/{keys[0]}/hu"].shape[0])
+        if len(keys) > 1:
+            bad.append(f"series {r['series']!r} has several runs/parts ({keys}): give the store "
+                       "key, or a sop_uid, with a z_index")
+        elif zi is None or zi != zi or not 0 <= int(zi) < n:
+            bad.append(f"series {r['series']!r}: z_index {zi!r} is not in 0..{n - 1}")
+        else:
+            items.append(Item(keys[0], int(zi), target))
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise LabelError(f"{len(bad)} label row(s) name unknown slices: {'; '.join(bad[:5])}"
+                         f"{more}. Series are store keys or SeriesInstanceUIDs "
+                         f"(ctvol.list_series); slices are SOPInstanceUIDs or 0-based z indices")
+    return items, classes
+
+
+class SliceItems:
+    """A torch-style Dataset of single slices read from Zarr, prepared for the network."""
+
+    def __init__(self, store: str, items: Sequence[Item], *, size: int,
+                 window: tuple[float, float], storage_options: Any = None) -> None:
+        self.store, self.items, self.size, self.window = store, list(items), size, window
+        self.storage_options = storage_options
+        self._arrays: dict[str, Any] = {}
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}, "_pid": None}  # no handles across processes
+
+    def __getitem__(self, i: int) -> tuple[Any, float]:
+        import zarr
+
+        from ._net import prepare
+
+        if self._pid != os.getpid():
+            self._arrays, self._pid = {}, os.getpid()
+        it = self.items[i]
+        if it.key not in self._arrays:
+            self._arrays[it.key] = zarr.open_array(self.store, path=f"series/{it.key}/hu",
+                                                   mode="r", storage_options=self.storage_options)
+        x = prepare(self._arrays[it.key][it.index : it.index + 1], self.size, self.window)[0]
+        return x, it.target
+
+
+def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
+                 parts: Sequence[str]) -> list[Item]:
+    from ._split import partition_of
+
+    return [it for it in items
+            if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
+
+
+def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str], out: Any,
+         epochs: int, batch_size: int, lr: float, input_size: int,
+         architecture: Mapping[str, Any] | None, augment: bool, train_on: Sequence[str],
+         validate_on: Sequence[str], device: str | None, seed: int, progress: bool,
+         storage_options: Any, provenance: Mapping[str, Any]) -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..inference import resolve_device
+    from ..intensity import HU_WINDOW
+    from ..io.store import _url
+    from ..training.augment import random_affine
+    from ._net import SliceModel, save_slice_model, slice_net
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    url = _url(store)
+    series, _ = _series_index(url, storage_options)
+    train_items = _split_items(items, series, train_on)
+    val_items = _split_items(items, series, validate_on) if validate_on else []
+    if not train_items:
+        raise LabelError(f"no labelled slices in partitions {list(train_on)} (series go to "
+                         "train/val/test by ctvol.curation.partition_of); pass "
+                         "train_on=('train', 'val', 'test') for a small cohort")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    arch = {"widths": (16, 32, 64, 128), "blocks": 1, **(architecture or {})}
+    net = slice_net(len(classes), **arch).to(torch.device(dev))
+    model = SliceModel(net, task=task, classes=classes, input_size=input_size,
+                       window=HU_WINDOW, provenance={
+                           **provenance, "store": url, "epochs": epochs, "lr": lr,
+                           "batch_size": batch_size, "augment": augment, "seed": seed,
+                           "train_on": list(train_on), "validate_on": list(validate_on),
+                           "train_slices": len(train_items), "val_slices": len(val_items)})
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def loss_of(logits: Any, y: Any) -> Any:
+        if task == "classify":
+            return torch.nn.functional.cross_entropy(logits, y.long())
+        # The method's regression: sigmoid output, mean squared error.
+        return torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), y.float())
+
+    def data(its: Sequence[Item], shuffle: bool, epoch: int) -> Any:
+        ds = SliceItems(url, its, size=input_size, window=HU_WINDOW,
+                        storage_options=storage_options)
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
+                          generator=g)
+
+    out_dir = pathlib.Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "log.csv"
+    metric = "val_accuracy" if task == "classify" else "val_mae"
+    with open(log, "w", newline="") as fh:
+        csv.writer(fh).writerow(["epoch", "train_loss", "val_loss", metric])
+    best = float("inf")
+    for epoch in range(epochs):
+        net.train()
+        aug = torch.Generator().manual_seed(seed * 7_919 + epoch)
+        losses = []
+        for x, y in data(train_items, True, epoch):
+            x = x.to(dev)
+            if augment:
+                # random_affine transforms inputs and image targets together;
+                # a slice label is no image, so its target part is empty.
+                x, _ = random_affine(x, x[:, :0], generator=aug)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(net(x), y.to(dev))
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        net.eval()
+        vl, score = float("nan"), float("nan")
+        if val_items:
+            preds, ys = [], []
+            with torch.inference_mode():
+                for x, y in data(val_items, False, 0):
+                    preds.append(net(x.to(dev)).float().cpu())
+                    ys.append(y)
+            p, t = torch.cat(preds), torch.cat(ys)
+            vl = float(loss_of(p, t))
+            score = (float((p.argmax(1) == t.long()).float().mean()) if task == "classify"
+                     else float((torch.sigmoid(p[:, 0]) - t.float()).abs().mean()))
+        row = [epoch + 1, float(np.mean(losses)), vl, score]
+        with open(log, "a", newline="") as fh:
+            csv.writer(fh).writerow(row)
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}: train {row[1]:.4f} val {vl:.4f} {metric} "
+                  f"{score:.4f}", flush=True)
+        crit = vl if val_items else -epoch  # without validation: the last epoch
+        if crit < best:
+            best = crit
+            model.provenance.update({"best_epoch": epoch + 1, "train_loss": row[1],
+                                     "val_loss": vl, metric: score})
+            model._digest = None
+            save_slice_model(model, out_dir)
+    from ._net import load_slice_model
+
+    return load_slice_model(out_dir, task=task)
+
+
+def train_classifier(
+    store: str | os.PathLike[str],
+    labels: Any,
+    *,
+    out: str | os.PathLike[str],
+    classes: Sequence[str] | None = None,
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    input_size: int = 128,
+    architecture: Mapping[str, Any] | None = None,
+    augment: bool = True,
+    train_on: Sequence[str] = ("train",),
+    validate_on: Sequence[str] = ("val",),
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Train a slice-level classifier (small ResNet, cross-entropy, Adam) from a labels CSV.
+
+    Parameters
+    ----------
+    store : path or URL
+        Cohort store (:func:`ctvol.ingest`).
+    labels : path to CSV or pandas.DataFrame
+        ``series, sop_uid | z_index, label`` (:func:`read_slice_labels`).
+    out : path
+        Checkpoint folder (``model.safetensors``, ``config.json``, ``log.csv``).
+    classes : sequence of str, optional
+        The label set in output order, e.g. :data:`ctvol.curation.PAPER_CLASSES`
+        (blank, head, orbital, maxilla, mandible, neck); default: the labels found.
+    epochs, batch_size, lr : int, int, float
+    input_size : int, default 128
+        Slices are resized to this square (after padding to a square).
+    architecture : dict, optional
+        ``widths`` (per stage) and ``blocks`` (per stage) of the network.
+    augment : bool, default True
+        The paper's augmentation (rotation, shift, zoom, flip).
+    train_on, validate_on : sequences of {"train", "val", "test"}
+        Partitions (:func:`ctvol.curation.partition_of`) to train and select on.
+
+    Returns
+    -------
+    SliceModel
+        The best checkpoint, loaded from ``out``; use it with
+        :func:`ctvol.classify_slices`.
+    """
+    items, classes = read_slice_labels(store, labels, classes=classes,
+                                       storage_options=storage_options)
+    return _fit(store, items, task="classify", classes=classes, out=out, epochs=epochs,
+                batch_size=batch_size, lr=lr, input_size=input_size, architecture=architecture,
+                augment=augment, train_on=train_on, validate_on=validate_on, device=device,
+                seed=seed, progress=progress, storage_options=storage_options,
+                provenance={"labels": str(labels) if not hasattr(labels, "columns")
+                            else "DataFrame", "labelled_slices": len(items)})
+
+
+def train_localizer(
+    store: str | os.PathLike[str],
+    annotations: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    input_size: int = 128,
+    architecture: Mapping[str, Any] | None = None,
+    augment: bool = True,
+    train_on: Sequence[str] = ("train",),
+    validate_on: Sequence[str] = ("val",),
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Train the slice localizer (small ResNet, sigmoid output, MSE) on annotated series.
+
+    Parameters
+    ----------
+    annotations : mapping or path to a JSON file
+        Series (store key or SeriesInstanceUID) -> {landmark: SOPInstanceUID}
+        (:data:`ctvol.curation.LANDMARKS` names). Every slice of an annotated
+        series is a training sample; its target is
+        :func:`ctvol.curation.landmark_locations`, clipped to [0, 1] (the
+        sigmoid's range).
+
+    Other parameters as :func:`train_classifier`.
+
+    Returns
+    -------
+    SliceModel
+        The best localizer; use it with :func:`ctvol.localize`.
+    """
+    import json
+
+    from ..io.store import _url, open_series
+    from ._localizer import landmark_locations
+
+    if isinstance(annotations, str | os.PathLike):
+        annotations = json.loads(pathlib.Path(annotations).read_text())
+    if not isinstance(annotations, Mapping) or not annotations:
+        raise LabelError("annotations must map series -> {landmark: SOPInstanceUID}")
+    series, _ = _series_index(_url(store), storage_options)
+    items: list[Item] = []
+    for name, marks in annotations.items():
+        keys = _keys_for(str(name), series)
+        if len(keys) != 1:
+            what = "not in the store" if not keys else f"several runs/parts {keys}"
+            raise LabelError(f"annotated series {name!r} is {what}; name one store key "
+                             "(ctvol.list_series)")
+        ds = open_series(store, keys[0], storage_options=storage_options)
+        loc = np.clip(landmark_locations(ds, marks).values, 0.0, 1.0)
+        items += [Item(keys[0], i, float(v)) for i, v in enumerate(loc)]
+    return _fit(store, items, task="localize", classes=["location"], out=out, epochs=epochs,
+                batch_size=batch_size, lr=lr, input_size=input_size, architecture=architecture,
+                augment=augment, train_on=train_on, validate_on=validate_on, device=device,
+                seed=seed, progress=progress, storage_options=storage_options,
+                provenance={"annotated_series": len(annotations)})
