@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ``ingest``, ``reslice``, ``train``, ``evaluate``, ``curate``, ``info``.
+"""The ``ctvol`` command line: ingest, reslice, train, evaluate, curate, info.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
