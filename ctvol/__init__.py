@@ -23,6 +23,7 @@ __all__ = [
     "catalog",
     "classify_slices",
     "curate",
+    "curate_store",
     "evaluate",
     "ingest",
     "list_series",
@@ -33,6 +34,7 @@ __all__ = [
     "match_slices",
     "partition_of",
     "reslice",
+    "run",
     "train",
     "train_classifier",
     "train_localizer",
@@ -53,6 +55,8 @@ _LAZY = {
     "write": "ctvol.io.store",
     "classify_slices": "ctvol.curation",
     "curate": "ctvol.curation",
+    "curate_store": "ctvol.curation",
+    "run": "ctvol._run",
     "localize": "ctvol.curation",
     "match_slices": "ctvol.curation",
     "partition_of": "ctvol.curation",
@@ -64,9 +68,11 @@ if TYPE_CHECKING:
     from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
     from ._reslice import reslice
+    from ._run import run
     from .curation import (
         classify_slices,
         curate,
+        curate_store,
         localize,
         match_slices,
         partition_of,

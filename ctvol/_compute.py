@@ -7,10 +7,12 @@ already running is used when there is one, otherwise the configured default
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["active_client", "compute", "persist"]
+__all__ = ["active_client", "compute", "persist", "scheduler_context"]
 
 
 def active_client() -> Any:
@@ -79,3 +81,34 @@ def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
         with ProgressBar(minimum=0.5):
             return list(dask.persist(*collections))
     return list(dask.persist(*collections))
+
+
+@contextlib.contextmanager
+def scheduler_context(spec: str, workers: int | None = None, *,
+                      announce: bool = False) -> Iterator[Any]:
+    """Run the block on a scheduler: ``"threads"``, ``"local"`` (a LocalCluster,
+    one single-threaded worker process per core unless ``workers``) or a
+    distributed scheduler address. Yields the Client, or None for threads.
+    """
+    if spec == "threads":
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if spec == "local":
+        n = workers or os.cpu_count() or 1
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            if announce:
+                print(f"ctvol: LocalCluster with {n} workers, dashboard "
+                      f"{client.dashboard_link}", flush=True)
+            yield client
+    else:
+        with Client(spec) as client:
+            yield client

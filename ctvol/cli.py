@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ingest, reslice, train, evaluate, curate, info.
+"""The ``ctvol`` command line: ingest, reslice, train, evaluate, curate, run, info.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -12,38 +12,17 @@ but some series failed (listed in the catalog with their reason).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 EXIT_PARTIAL = 3
 
 
-@contextlib.contextmanager
-def _scheduler(spec: str, workers: int | None) -> Iterator[Any]:
-    if spec == "threads":
-        import dask
+def _scheduler(spec: str, workers: int | None) -> Any:
+    from ctvol._compute import scheduler_context
 
-        with dask.config.set(scheduler="threads"):
-            yield None
-        return
-    from distributed import Client, LocalCluster
-
-    if spec == "local":
-        n = workers or os.cpu_count() or 1
-        with (
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
-            print(f"ctvol: LocalCluster with {n} workers, dashboard {client.dashboard_link}",
-                  flush=True)
-            yield client
-    else:
-        with Client(spec) as client:
-            yield client
+    return scheduler_context(spec, workers, announce=True)
 
 
 def _add_scheduler(p: argparse.ArgumentParser) -> None:
@@ -212,7 +191,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    from ctvol.curation._store import curate_store
+    from ctvol import curate_store
 
     with _scheduler(args.scheduler, args.workers):
         table = curate_store(args.store, keys=args.series, model=args.model,
@@ -223,6 +202,20 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     print(f"\n{len(table)} series classified; labels written to series/<key>/label in "
           f"{args.store}" + (f"; {len(empty)} with no body at all" if len(empty) else ""))
     return EXIT_PARTIAL if len(empty) else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import ctvol
+
+    summary = ctvol.run(args.config, scheduler=args.scheduler, workers=args.workers,
+                        progress=not args.quiet)
+    print()
+    print(summary.table())
+    if summary.failed:
+        print(f"\ncompleted with {len(summary.failed)} series skipped (reasons above)",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_curate)
+
+    p = sub.add_parser("run", help="run a cohort pipeline from a .yaml/.toml config")
+    p.add_argument("config", help="pipeline config (docs/cluster.md)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="override the config: 'local', 'threads' or tcp://host:8786")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("info", help="print a store's catalog")
     p.add_argument("store")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "CtvolError",
+    "ConfigError",
     "CtvolWarning",
     "CurationError",
     "DicomReadError",
@@ -23,6 +24,7 @@ __all__ = [
     "NoInputError",
     "SeriesNotFoundError",
     "StoreError",
+    "StoreWriteError",
 ]
 
 
@@ -46,11 +48,19 @@ class StoreError(CtvolError, ValueError):
     """A path is not a ctvol cohort store, or the store is damaged."""
 
 
+class StoreWriteError(CtvolError, OSError):
+    """Writing to a store failed (disk full, permission denied, ...); names the path."""
+
+
 class SeriesNotFoundError(CtvolError, KeyError):
     """No complete series with that key in the store."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(CtvolError, ValueError):
+    """A pipeline config that cannot run (unknown keys or stages, missing values)."""
 
 
 class CtvolWarning(UserWarning):

@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "head_phantom",
     "raise_if_dask_computes",
+    "synthetic_cohort",
     "truncate_file",
     "write_dicom_series",
     "write_dicomdir",
@@ -808,3 +809,112 @@ def tiny_model(factor: int = 3, *, seed: int = 0, output: str = "residual") -> A
     if output == "residual":  # a non-zero head, so the network's path is exercised
         torch.nn.init.normal_(net.head.weight, std=0.05)
     return ResliceModel(net, provenance={"trained": False, "seed": seed})
+
+
+_VENDORS = (
+    # (description, pixel representation, bits stored, intercept, transfer syntax)
+    ("STD BRAIN, iDose", 0, 12, -1024.0, "explicit"),
+    ("H30s HEAD", 1, 16, 0.0, "explicit"),
+    ("STANDARD HEAD", 1, 16, -1024.0, "implicit"),
+)
+
+
+def synthetic_cohort(
+    directory: PathLike,
+    n_series: int = 4,
+    n_slices: int = 40,
+    shape: tuple[int, int] = (512, 512),
+    *,
+    spacings: Sequence[float] = (1.0, 2.5, 3.0, 5.0),
+    localizers: int = 1,
+    gaps: int = 1,
+    tilted: int = 1,
+    seed: int = 0,
+) -> Any:
+    """Write a cohort of realistic DICOM series for scale runs and pipeline tests.
+
+    Anatomy comes from :func:`head_phantom`, made once per call at
+    ``(n_slices, *shape)`` and varied per series (flips and in-plane shifts,
+    so series differ but generating them stays fast at 512²). Series cycle
+    through three vendor-like header styles (unsigned 12-bit with intercept
+    -1024; signed 16-bit with intercept 0; implicit VR) and the given slice
+    spacings; two series share each patient and study. The first
+    ``localizers`` patients also get a one-image sagittal localizer, the first
+    ``gaps`` series lose one slice in the middle (ingest splits them into two
+    runs) and the last ``tilted`` series are written with a 15° gantry tilt.
+
+    Parameters
+    ----------
+    directory : path
+        Created if needed; one folder per series (``S001`` …), localizers in
+        ``L001`` ….
+    n_series, n_slices : int
+        Series and slices per series (before a gap removes one).
+    shape : (rows, cols)
+    spacings : sequence of float
+        Slice spacings in mm, cycled over the series.
+    localizers, gaps, tilted : int
+        How many of each special case to include.
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per series or localizer written: folder, series UID, kind
+        (``axial``, ``gap``, ``tilted``, ``localizer``), files, dz (mm),
+        tilt (deg), what ingest must make of it.
+    """
+    import pandas as pd
+
+    root = pathlib.Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = head_phantom((n_slices, *shape), seed=seed)
+    rows = []
+    for i in range(n_series):
+        desc, pixrep, bits, intercept, syntax = _VENDORS[i % len(_VENDORS)]
+        dz = float(spacings[i % len(spacings)])
+        hu = base[::-1] if i % 2 else base
+        hu = np.roll(hu, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), axis=(1, 2))
+        kind = "tilted" if i >= n_series - tilted else ("gap" if i < gaps else "axial")
+        uid = f"1.2.826.0.1.3680043.10.1511.{seed}.{i + 1}"
+        patient = i // 2
+        folder = root / f"S{i + 1:03d}"
+        files = write_dicom_series(
+            folder, hu, spacing=(dz, 0.45, 0.45), series_uid=uid,
+            study_uid=f"1.2.826.0.1.3680043.10.1511.{seed}.9{patient:04d}",
+            patient_id=f"SYN{patient:04d}", series_number=i + 1,
+            series_description=f"{desc} {dz:g}MM", intercept=intercept,
+            pixel_representation=pixrep, bits_stored=bits, transfer_syntax=syntax,
+            tilt_deg=15.0 if kind == "tilted" else 0.0, seed=seed + i,
+        )
+        if kind == "gap":
+            by_z = sorted(files, key=lambda p: _read_position(p))
+            by_z[len(by_z) // 2].unlink()
+        rows.append({"folder": folder.name, "series_uid": uid, "kind": kind,
+                     "files": len(files) - (kind == "gap"), "dz": dz,
+                     "tilt_deg": 15.0 if kind == "tilted" else 0.0,
+                     "expect": {"axial": "one series",
+                                "gap": "two runs (_r1, _r2): one slice missing",
+                                "tilted": "one series, tilt recorded"}[kind]})
+    for j in range(min(localizers, max(1, (n_series + 1) // 2))):
+        folder = root / f"L{j + 1:03d}"
+        write_dicom_series(
+            folder, base[n_slices // 2][None], spacing=(1.0, 0.45, 0.45),
+            orientation=(0, 1, 0, 0, 0, -1), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+            series_uid=f"1.2.826.0.1.3680043.10.1511.{seed}.8{j:04d}",
+            study_uid=f"1.2.826.0.1.3680043.10.1511.{seed}.9{j:04d}",
+            patient_id=f"SYN{j:04d}", series_number=1000 + j, series_description="SURVIEW",
+            seed=seed + 1000 + j,
+        )
+        rows.append({"folder": folder.name, "series_uid": f"1.2.826.0.1.3680043.10.1511."
+                     f"{seed}.8{j:04d}", "kind": "localizer", "files": 1, "dz": np.nan,
+                     "tilt_deg": 0.0, "expect": "excluded: localizer"})
+    return pd.DataFrame(rows)
+
+
+def _read_position(path: pathlib.Path) -> float:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+    return float(ds.ImagePositionPatient[2])

@@ -16,6 +16,7 @@ here: an interrupted write never looks like data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -521,40 +522,64 @@ def write(
 
     if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
         raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
-    root = open_store(store, create=True, storage_options=storage_options)
-    root.require_group("series")
-    hu = ds["hu"].data
-    if not isinstance(hu, da.Array):
-        hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))
-    # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
-    zc = max(hu.chunks[0][0], 1)
-    hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
-    hu = hu.astype(np.int16)
-    # Metadata and coordinates through xarray, with a placeholder for hu ...
-    skeleton = ds.drop_vars("hu").assign(
-        hu=(("z", "y", "x"), da.zeros(hu.shape, dtype=np.int16, chunks=hu.chunks),
-            ds["hu"].attrs))
-    skeleton = skeleton.assign_coords(
-        {n: c.compute() for n, c in skeleton.coords.items() if c.chunks is not None})
-    skeleton.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
-    rows, cols = hu.shape[1:]
-    encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
-                                       "shards": (SHARD_SLICES, rows, cols),
-                                       "compressors": hu_codec(compressor)}}
-    for name, var in skeleton.coords.items():
-        if var.dims == ("z",):
-            encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
-    so = dict(storage_options or {}) or None
-    skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
-                     consolidated=False, compute=False, encoding=encoding, storage_options=so)
-    # ... then pixels block by block, each task writing its own whole shards. A
-    # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
-    # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
-    done = da.map_blocks(
-        _write_block, hu, store=_url(store), path=f"series/{key}/hu", storage_options=so,
-        chunks=(hu.chunks[0], (1,), (1,)), dtype=np.int8, meta=np.empty((0, 0, 0), np.int8),
-        token="ctvol-write",
-    )
-    compute([done], progress=progress)
+    try:
+        root = open_store(store, create=True, storage_options=storage_options)
+        root.require_group("series")
+        hu = ds["hu"].data
+        if not isinstance(hu, da.Array):
+            hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))
+        # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
+        zc = max(hu.chunks[0][0], 1)
+        hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
+        hu = hu.astype(np.int16)
+        # Metadata and coordinates through xarray, with a placeholder for hu ...
+        skeleton = ds.drop_vars("hu").assign(
+            hu=(("z", "y", "x"), da.zeros(hu.shape, dtype=np.int16, chunks=hu.chunks),
+                ds["hu"].attrs))
+        skeleton = skeleton.assign_coords(
+            {n: c.compute() for n, c in skeleton.coords.items() if c.chunks is not None})
+        skeleton.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
+        rows, cols = hu.shape[1:]
+        encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
+                                           "shards": (SHARD_SLICES, rows, cols),
+                                           "compressors": hu_codec(compressor)}}
+        for name, var in skeleton.coords.items():
+            if var.dims == ("z",):
+                encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
+        so = dict(storage_options or {}) or None
+        skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
+                         consolidated=False, compute=False, encoding=encoding, storage_options=so)
+        # ... then pixels block by block, each task writing its own whole shards. A
+        # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
+        # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
+        done = da.map_blocks(
+            _write_block, hu, store=_url(store), path=f"series/{key}/hu", storage_options=so,
+            chunks=(hu.chunks[0], (1,), (1,)), dtype=np.int8, meta=np.empty((0, 0, 0), np.int8),
+            token="ctvol-write",
+        )
+        compute([done], progress=progress)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(exc, store, key) from exc
     _open_root(_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
     return key
+
+
+#: Write failures that mean "the output cannot take this": disk full, quota,
+#: permission denied, read-only file system.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _write_error(exc: OSError, store: str | os.PathLike[str], key: str) -> Exception:
+    from ..errors import StoreWriteError
+
+    what = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    err = StoreWriteError(
+        f"cannot write series {key} into {_url(store)}: {what}{where}. Series already "
+        "complete in the store are untouched and this one stays invisible (not flagged "
+        "complete); free space or fix the permissions, then re-run: completed series are "
+        "skipped and this one is redone"
+    )
+    return err  # errno/filename stay on the cause (__cause__): OSError.__str__ would use them

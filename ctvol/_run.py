@@ -1,0 +1,320 @@
+"""``ctvol.run``: a cohort pipeline (ingest → curate → reslice → evaluate) from a config.
+
+The pipeline composes the public API only (:func:`ctvol.ingest`,
+:func:`ctvol.curate_store`, :func:`ctvol.curate`, :func:`ctvol.reslice`,
+:func:`ctvol.write`, :func:`ctvol.evaluate`). Every stage is resumable per
+series, decided by the stores' ``complete`` flags and recorded digests, never
+by log files; one bad series is recorded with its reason and never fails the
+cohort. ``docs/cluster.md`` describes the config and running it on a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["RunSummary", "load_config", "run"]
+
+STAGES = ("ingest", "curate", "reslice", "evaluate")
+_TOP = {"inputs", "store", "stages", "scheduler", "workers", *STAGES}
+_OPTIONS = {
+    "ingest": {"modalities", "split_gaps", "max_obliquity_deg", "padding_fill", "compressor"},
+    "curate": {"model", "batch_size", "tissue_hu", "fov_hu", "min_fraction"},
+    "reslice": {"output", "factor", "spacing", "method", "model", "batch_size", "device",
+                "compressor"},
+    "evaluate": {"output", "factor", "methods", "model", "strides", "batch_size", "device",
+                 "figures"},
+}
+def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Read a pipeline config (YAML or TOML file, or a mapping) and check it.
+
+    Relative paths (``inputs``, ``store``, stage outputs, model folders) are
+    resolved against the config file's folder, so a config runs the same
+    from any working directory.
+    """
+    if isinstance(path_or_mapping, Mapping):
+        cfg, base = dict(path_or_mapping), pathlib.Path.cwd()
+    else:
+        path = pathlib.Path(path_or_mapping)
+        if not path.is_file():
+            raise FileNotFoundError(f"pipeline config {path} does not exist")
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            cfg = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            cfg = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: a pipeline config is .yaml, .yml or .toml")
+        base = path.resolve().parent
+    unknown = set(cfg) - _TOP
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; valid: {sorted(_TOP)}")
+    stages = cfg.get("stages") or [s for s in STAGES if s in cfg]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {bad}; stages are {list(STAGES)}")
+    cfg["stages"] = [s for s in STAGES if s in stages]  # always in pipeline order
+    for stage in STAGES:
+        opts = cfg.get(stage) or {}
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"[{stage}] must be a table of options, got {opts!r}")
+        extra = set(opts) - _OPTIONS[stage]
+        if extra:
+            raise ConfigError(f"[{stage}]: unknown option(s) {sorted(extra)}; valid: "
+                              f"{sorted(_OPTIONS[stage])}")
+        cfg[stage] = dict(opts)
+    if "store" not in cfg:
+        raise ConfigError("the config needs `store` (the cohort store path or URL)")
+    if "ingest" in cfg["stages"] and not cfg.get("inputs"):
+        raise ConfigError("the ingest stage needs `inputs` (DICOM folders or files)")
+    for stage, need in (("reslice", "output"), ("evaluate", "output")):
+        if stage in cfg["stages"] and not cfg[stage].get(need):
+            raise ConfigError(f"[{stage}] needs `{need}`")
+    if "reslice" in cfg["stages"] and ("factor" in cfg["reslice"]) == ("spacing" in cfg["reslice"]):
+        raise ConfigError("[reslice] needs exactly one of `factor` or `spacing`")
+
+    def local(p: Any) -> Any:  # relative paths are relative to the config's folder
+        p = str(p)
+        return p if "://" in p or os.path.isabs(p) else str(base / p)
+
+    inputs = cfg.get("inputs") or []
+    cfg["inputs"] = [local(p) for p in ([inputs] if isinstance(inputs, str) else inputs)]
+    cfg["store"] = local(cfg["store"])
+    for stage in ("reslice", "evaluate"):
+        if cfg[stage].get("output"):
+            cfg[stage]["output"] = local(cfg[stage]["output"])
+    for stage in ("reslice", "evaluate", "curate"):
+        m = cfg[stage].get("model")
+        if isinstance(m, str) and (base / m).exists():  # else a bundled name such as unet-x3
+            cfg[stage]["model"] = local(m)
+    return cfg
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run` did, per stage and per series."""
+
+    config: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)   # one row per stage
+    series: list[dict[str, Any]] = field(default_factory=list)   # one row per (stage, series)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # process → peak RSS (MiB)
+    warnings: list[str] = field(default_factory=list)            # ctvol warnings, by stage
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.series if r["status"] == "failed"]
+
+    def table(self) -> str:
+        """The final summary: per stage, series done / skipped / failed, slices, time."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.stages)
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            out = df.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+        if self.failed:
+            out += "\n\nfailed:\n" + "\n".join(
+                f"  {r['stage']} {r['series']}: {r['reason']}" for r in self.failed)
+        if self.warnings:
+            out += "\n\nwarnings:\n" + "\n".join(f"  {w}" for w in self.warnings)
+        if self.peak_rss_mb:
+            out += "\n\npeak memory (RSS, MiB): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in self.peak_rss_mb.items())
+        return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import ctvol
+
+    opts = cfg["ingest"]
+    rep = ctvol.ingest(cfg["inputs"], cfg["store"], progress=progress, **opts)
+    slices = 0
+    for _, row in rep.series.iterrows():
+        key = row.get("key")
+        status = {"ok": "done", "unchanged": "skipped"}.get(row["status"], row["status"])
+        if row["status"] == "ok":
+            slices += int(row["n_slices"])
+        if status in ("done", "skipped", "failed"):  # excluded files are in the catalog
+            summary.series.append({"stage": "ingest", "series": key, "status": status,
+                                   "reason": row.get("detail") or row.get("reason") or ""})
+    summary.stages[-1].update(slices=slices, files=len(rep.files),
+                              excluded_files=rep.n_excluded)
+
+
+def _stage_curate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import ctvol
+
+    keys = ctvol.list_series(cfg["store"])
+    todo = [k for k in keys if "label" not in ctvol.open_series(cfg["store"], k).data_vars]
+    for k in sorted(set(keys) - set(todo)):
+        summary.series.append({"stage": "curate", "series": k, "status": "skipped",
+                               "reason": "labels already stored"})
+    slices = 0
+    if todo:
+        opts = dict(cfg["curate"])
+        table = ctvol.curate_store(cfg["store"], keys=todo, progress=progress, **opts)
+        for _, row in table.iterrows():
+            summary.series.append({"stage": "curate", "series": row["key"], "status": "done",
+                                   "reason": row.get("note") or ""})
+            slices += int(row["slices"])
+    summary.stages[-1]["slices"] = slices
+
+
+def _reslice_params(opts: dict[str, Any]) -> dict[str, Any]:
+    return {k: opts.get(k) for k in ("factor", "spacing", "method", "model")}
+
+
+def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import ctvol
+    from ctvol.errors import CtvolError, StoreWriteError
+
+    opts = dict(cfg["reslice"])
+    out = opts.pop("output")
+    compressor = opts.pop("compressor", "lz4")
+    params = _reslice_params(opts)
+    curated = "curate" in cfg["stages"]
+    done_before = {}
+    try:
+        for k in ctvol.list_series(out):
+            done_before[k] = ctvol.open_series(out, k).attrs.get("ctvol_run", {})
+    except (FileNotFoundError, CtvolError):
+        pass
+    slices = made = 0
+    for key in ctvol.list_series(cfg["store"]):
+        ds = ctvol.open_series(cfg["store"], key)
+        stamp = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
+                 "reslice": params}
+        if done_before.get(key) == stamp:
+            summary.series.append({"stage": "reslice", "series": key, "status": "skipped",
+                                   "reason": "complete in the output with the same source "
+                                             "and parameters"})
+            continue
+        try:
+            if curated and "label" in ds.data_vars:
+                kept = ctvol.curate(ds)  # the longest non-blank run (split=False)
+                assert not isinstance(kept, list)
+                ds = kept
+            ds = ds.drop_vars("label", errors="ignore")
+            fine = ctvol.reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
+                                 method=opts.get("method", "unet"), model=opts.get("model"),
+                                 batch_size=opts.get("batch_size", 16),
+                                 device=opts.get("device"))
+            fine.attrs["ctvol_run"] = stamp
+            ctvol.write(fine, out, key, compressor=compressor, progress=progress)
+        except StoreWriteError:
+            raise  # the output cannot take more (disk full, permissions): stop the run
+        except (CtvolError, ValueError, FileNotFoundError) as exc:
+            summary.series.append({"stage": "reslice", "series": key, "status": "failed",
+                                   "reason": str(exc)})
+            continue
+        slices += int(ds.sizes["z"])
+        made += int(fine.sizes["z"])
+        summary.series.append({"stage": "reslice", "series": key, "status": "done",
+                               "reason": ""})
+    summary.stages[-1].update(slices=slices, output_slices=made)
+
+
+def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import ctvol
+
+    opts = dict(cfg["evaluate"])
+    out = opts.pop("output")
+    figures = opts.pop("figures", True)
+    factor = opts.pop("factor", 3)
+    rep = ctvol.evaluate(cfg["store"], factor, progress=progress, **opts)
+    rep.save(out, figures=figures)
+    for d in rep.info["data"]["skipped"]:
+        summary.series.append({"stage": "evaluate", "series": d["series"], "status": "skipped",
+                               "reason": f"x{d['factor']}: {d['reason']}"})
+    evaluated = [e for e in rep.info["data"]["evaluated"] if e["runs"]]
+    for e in evaluated:
+        summary.series.append({"stage": "evaluate", "series": e["series"], "status": "done",
+                               "reason": ""})
+    t = rep.table
+    gen = t[(t.series == "all") & (t.convention == "generated") & (t.metric == "psnr")
+            & ~t.method.str.contains(" - ")]
+    summary.stages[-1]["slices"] = sum(int(e["slices"]) for e in evaluated)
+    summary.stages[-1]["note"] = "; ".join(
+        f"x{r.factor} {r.method} PSNR {r['mean']:.2f} dB" for _, r in gen.iterrows()
+        if r["mean"] == r["mean"])
+
+
+def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | None = None,
+        workers: int | None = None, progress: bool = True) -> RunSummary:
+    """Run a cohort pipeline described by a config (see ``docs/cluster.md``).
+
+    Parameters
+    ----------
+    config : path to a .yaml/.toml file, or a mapping
+        ``inputs``, ``store``, optional ``stages``, ``scheduler``, ``workers``
+        and one table per stage (``ingest``, ``curate``, ``reslice``,
+        ``evaluate``) with that stage's options.
+    scheduler : str, optional
+        Overrides the config: ``"local"`` (a LocalCluster sized to the
+        machine, the default), ``"threads"``, or a scheduler address
+        (``tcp://host:8786``: a dask-jobqueue or Kubernetes cluster).
+    workers : int, optional
+        Worker processes for ``"local"``.
+    progress : bool, default True
+        Progress bars per stage.
+
+    Returns
+    -------
+    RunSummary
+        Per stage: series done / skipped (already complete) / failed, slices,
+        seconds; per series the fate and reason; peak memory per process.
+    """
+    import warnings
+
+    from ._compute import scheduler_context
+    from .errors import CtvolWarning
+
+    cfg = load_config(config)
+    spec = scheduler or cfg.get("scheduler") or "local"
+    summary = RunSummary(config=cfg)
+    runners = {"ingest": _stage_ingest, "curate": _stage_curate, "reslice": _stage_reslice,
+               "evaluate": _stage_evaluate}
+    with scheduler_context(spec, workers or cfg.get("workers")) as client:
+        for stage in cfg["stages"]:
+            t0 = time.perf_counter()
+            summary.stages.append({"stage": stage})
+            # ctvol's warnings (series split, tilt, evaluating on training
+            # slices) go into the summary; only this thread enters the block.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", CtvolWarning)
+                runners[stage](cfg, summary, progress)
+            summary.warnings += [f"{stage}: {w.message}" for w in caught
+                                 if issubclass(w.category, CtvolWarning)]
+            for w in caught:  # anything else is shown as usual
+                if not issubclass(w.category, CtvolWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            secs = time.perf_counter() - t0
+            rows = [r for r in summary.series if r["stage"] == stage]
+            summary.stages[-1].update(
+                done=sum(r["status"] == "done" for r in rows),
+                skipped=sum(r["status"] == "skipped" for r in rows),
+                failed=sum(r["status"] == "failed" for r in rows),
+                seconds=round(secs, 2),
+                slices_per_s=round(summary.stages[-1].get("slices", 0) / secs, 2) if secs else 0)
+        summary.peak_rss_mb["driver"] = _peak_rss_mb()
+        if client is not None:
+            for addr, mb in sorted(client.run(_peak_rss_mb).items()):
+                summary.peak_rss_mb[f"worker {addr}"] = mb
+    return summary
