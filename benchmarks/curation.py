@@ -108,3 +108,40 @@ class ClassifyThroughput:
         return min(loop) / min(dsk)
 
     track_ratio_dask_vs_loop.unit = "ratio"
+
+
+class ClassifyPeakMem:
+    """Peak memory of classifying a lazily tiled volume of 128, 512, 2048 slices.
+
+    The volume is dask views of the 128-slice base (no copies), classified
+    block by block; only the (z,) labels are kept, so the peak must stay flat
+    as the length grows (asv: the process's peak RSS; compare lengths).
+    """
+
+    setup_cache = staticmethod(_write_data)
+    params = [[128, 512, 2048]]
+    param_names = ["slices"]
+    timeout = 600
+
+    def setup(self, path, slices):
+        import dask.array as da
+        import xarray as xr
+
+        import ctvol.curation  # noqa: F401  (imported before the peak is measured)
+
+        base = da.from_array(np.load(path), chunks=(CHUNK, -1, -1))
+        reps = -(-slices // SLICES)
+        hu = da.concatenate([base if i % 2 == 0 else base[::-1] for i in range(reps)])
+        self.ds = xr.Dataset(
+            {"hu": (("z", "y", "x"), hu[:slices].rechunk({0: CHUNK}))},
+            coords={"z": np.arange(slices, dtype=float)},
+            attrs={"spacing": [1.0, PIXEL_MM, PIXEL_MM]},
+        )
+
+    def peakmem_classify(self, path, slices):
+        import dask
+
+        import ctvol
+
+        with dask.config.set(scheduler="threads", num_workers=2):
+            ctvol.classify_slices(self.ds).values  # noqa: B018

@@ -118,3 +118,38 @@ class SkimageLoop:
     def track_skimage_loop(self, path):
         return SLICES / min(_elapsed(lambda: skimage_loop(self.truth, self.test))
                             for _ in range(REPEATS))
+
+
+class MetricsPeakMem:
+    """Peak memory of per-slice metrics reduced with Dask, growing series length.
+
+    The truth is a lazy tiling (dask views) of the 32-slice volume to 64, 256
+    and 1024 slices; the test volume is the truth shifted by one slice. Only
+    the mean PSNR/SSIM/MSE is computed, so the per-block work is freed as soon
+    as it is reduced: the peak must not grow with length (asv reports the
+    process's peak RSS; compare lengths, not absolute values).
+    """
+
+    setup_cache = staticmethod(_write_data)
+    params = [[64, 256, 1024]]
+    param_names = ["slices"]
+    timeout = 600
+
+    def setup(self, path, slices):
+        import dask.array as da
+
+        import ctvol.metrics  # noqa: F401  (imported before the peak is measured)
+
+        base = da.from_array(np.load(path)["truth"], chunks=(CHUNK, -1, -1))
+        reps = -(-(slices + 1) // base.shape[0])
+        hu = da.concatenate([base if i % 2 == 0 else base[::-1] for i in range(reps)])
+        self.truth = hu[:slices].rechunk({0: CHUNK})
+        self.test = hu[1:slices + 1].rechunk({0: CHUNK})
+
+    def peakmem_dask_metrics_mean(self, path, slices):
+        import dask
+
+        from ctvol.metrics import map_slice_metrics
+
+        with dask.config.set(scheduler="threads", num_workers=2):
+            map_slice_metrics(self.truth, self.test).mean(axis=0).compute()
