@@ -353,7 +353,12 @@ def evaluate(
 
 
 def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
-    """Warnings for evaluated slices that a model's own checkpoint says it trained on."""
+    """Warnings for evaluated slices that a model's checkpoint says it was trained on.
+
+    Training records each series' first/last z (mm) read; z positions, not
+    indices, identify slices across stores (a subset of a series has other
+    indices).
+    """
     out = []
     for c in cases:
         model = models.get(c.factor)
@@ -361,18 +366,20 @@ def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
             continue
         used = (model.provenance or {}).get("training_slices") or {}
         uid = str(c.series_uid or "")
-        for key, (lo, hi) in used.items():
-            if key not in (c.key, uid):
+        for key, rng in used.items():
+            if key not in (c.key, uid) or not isinstance(rng, Mapping) or "z_mm" not in rng:
                 continue
-            a, b = max(int(lo), int(c.index[0])), min(int(hi), int(c.index[-1]))
-            if a <= b:
+            lo, hi = sorted(float(v) for v in rng["z_mm"])
+            inside = (c.z >= lo - 1e-3) & (c.z <= hi + 1e-3)
+            if inside.any():
+                idx = c.index[inside]
                 out.append(
-                    f"series {c.key} x{c.factor} stride {c.stride}: slices {a}-{b} of the "
-                    f"{int(c.index[0])}-{int(c.index[-1])} evaluated were used to train the "
-                    f"x{c.factor} U-net ({model.path or model.digest[:12]}), so its numbers "
-                    "there are optimistic; evaluate held-out slices "
-                    f"(series={{key: slice({hi + 1}, None)}}, CLI --series KEY:{hi + 1}:) "
-                    "or other series"
+                    f"series {c.key} x{c.factor} stride {c.stride}: {int(inside.sum())} of the "
+                    f"{c.index.size} slices evaluated (indices {int(idx[0])}-{int(idx[-1])}) lie "
+                    f"in z {lo:g}-{hi:g} mm, which trained the x{c.factor} U-net "
+                    f"({model.path or model.digest[:12]}): its numbers there are optimistic; "
+                    "evaluate slices outside that range (series={key: slice(start, stop)}, "
+                    "CLI --series KEY:START:STOP) or other series"
                 )
     return out
 

@@ -292,10 +292,10 @@ def test_warns_when_evaluating_on_training_slices(tmp_path: pathlib.Path) -> Non
     from ctvol.errors import EvaluationWarning
 
     model = tiny_model(3)
-    model.provenance["training_slices"] = {"1.2.3": [0, 6]}
-    ds = _volume(n=13)
-    with pytest.warns(EvaluationWarning, match=r"slices 0-6 of the 0-12 evaluated were used "
-                                               r"to train.*slice\(7, None\)"):
+    model.provenance["training_slices"] = {"1.2.3": {"index": [0, 6], "z_mm": [10.0, 16.0]}}
+    ds = _volume(n=13)  # z = 10 .. 22 mm
+    with pytest.warns(EvaluationWarning, match=r"7 of the 13 slices evaluated \(indices 0-6\) "
+                                               r"lie in z 10-16 mm, which trained"):
         rep = ctvol.evaluate(ds, 3, model=model)
     assert len(rep.info["warnings"]) == 1
     assert "## Warnings" in rep.to_markdown()
@@ -303,4 +303,14 @@ def test_warns_when_evaluating_on_training_slices(tmp_path: pathlib.Path) -> Non
     assert clean.info["warnings"] == []
     # the bundled models say which slices of the real series they were trained on
     assert ctvol.load_model("unet-x3").provenance["training_slices"] == {
-        "1.3.46.670589.33.1.3963937485511329090.25659488233390035616": [0, 91]}
+        "1.3.46.670589.33.1.3963937485511329090.25659488233390035616": {
+            "index": [0, 91], "z_mm": [694.21, 785.21]}}
+
+
+def test_training_overlap_uses_z_not_indices(sample_store: str) -> None:
+    """The bundled sample is slices 55-84 of S2020: indices 0-29 here, z 749-778 mm."""
+    from ctvol.errors import EvaluationWarning
+
+    with pytest.warns(EvaluationWarning, match=r"28 of the 28 slices evaluated.*z 694.21-785.21"):
+        rep = ctvol.evaluate(sample_store, 3, series=None)
+    assert rep.info["warnings"]

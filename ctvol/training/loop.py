@@ -80,13 +80,24 @@ def _metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(psnr)), float(np.mean(ssim))
 
 
-def _slices_used(ds: Any) -> dict[str, list[int]]:
+def _slices_used(ds: Any) -> dict[str, dict[str, list[float]]]:
+    """Per training series: first/last slice index and their z (mm) that windows read.
+
+    z positions identify the slices in any store holding the same series (a
+    subset has other indices), so ``ctvol.evaluate`` compares those.
+    """
+    import ctvol
+
     used: dict[str, list[int]] = {}
     for w in ds.windows:
         last = w.start + ds.factor * w.step
         lo, hi = used.get(w.key, [w.start, last])
         used[w.key] = [min(lo, w.start), max(hi, last)]
-    return used
+    out = {}
+    for key, (lo, hi) in used.items():
+        z = ctvol.open_series(ds.store, key, storage_options=ds.storage_options)["z"].values
+        out[key] = {"index": [lo, hi], "z_mm": [float(z[lo]), float(z[hi])]}
+    return out
 
 
 def train(
