@@ -18,7 +18,7 @@ from .intensity import from_unit, to_unit
 
 __all__ = ["generate_linear", "reslice_block", "resolve_device"]
 
-_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE: dict[tuple[str, str, str], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -31,23 +31,32 @@ def resolve_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model(source: Any, device: str) -> Any:
-    """The model for ``source`` (checkpoint path/name or ResliceModel) on ``device``, cached."""
-    from .models import ResliceModel, load_model
+def cached_model(source: Any, device: str, model_type: Any, load: Any) -> Any:
+    """The model for ``source`` on ``device``, loaded once per worker process.
 
-    key = (source.digest if isinstance(source, ResliceModel) else str(source), device)
-    with _LOCK:  # threads of one worker share one copy
+    ``source`` is a checkpoint path/name (loaded with ``load``) or an
+    in-memory ``model_type`` instance (deep-copied: the cache must not move,
+    or keep changing, the caller's own object). Threads of one worker share
+    the copy; reslice, slice classification and the localizer all use it.
+    """
+    key = (model_type.__name__,
+           source.digest if isinstance(source, model_type) else str(source), device)
+    with _LOCK:
         model = _CACHE.get(key)
         if model is None:
             if not _CACHE:
                 _configure_torch_threads()
-            # A copy for in-memory models: the cache must not move (or keep
-            # changing) the caller's own object.
-            model = copy.deepcopy(source) if isinstance(source, ResliceModel) \
-                else load_model(source)
+            model = copy.deepcopy(source) if isinstance(source, model_type) else load(source)
             model = model.to(device)
             _CACHE[key] = model
     return model
+
+
+def _model(source: Any, device: str) -> Any:
+    """The reslice model for ``source`` (checkpoint path/name or ResliceModel), cached."""
+    from .models import ResliceModel, load_model
+
+    return cached_model(source, device, ResliceModel, load_model)
 
 
 def _configure_torch_threads() -> None:

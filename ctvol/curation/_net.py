@@ -21,12 +21,9 @@ with air and resized to ``input_size`` (antialiased bilinear): the same
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 import pathlib
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +37,6 @@ __all__ = ["FORMAT", "SliceModel", "load_slice_model", "prepare", "save_slice_mo
 FORMAT = "ctvol-slice-model"
 TASKS = ("classify", "localize")
 
-_CACHE: dict[tuple[str, str], SliceModel] = {}
-_LOCK = threading.Lock()
 
 
 def slice_net(outputs: int, *, widths: Sequence[int] = (16, 32, 64, 128),
@@ -166,11 +161,9 @@ class SliceModel:
     def digest(self) -> str:
         """SHA-256 of config and weights: the model's identity in caches and reports."""
         if self._digest is None:
-            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-            for name, t in sorted(self.net.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._digest = h.hexdigest()
+            from ..models._checkpoint import weights_digest
+
+            self._digest = weights_digest(self.config, self.net)
         return self._digest
 
     def to(self, device: str) -> SliceModel:
@@ -262,16 +255,6 @@ def resolve(model: Any, task: str) -> SliceModel:
 
 def cached(source: Any, device: str) -> SliceModel:
     """The model for ``source`` (path or SliceModel) on ``device``, once per process."""
-    from ..inference import _configure_torch_threads
+    from ..inference import cached_model
 
-    key = (source.digest if isinstance(source, SliceModel) else str(source), device)
-    with _LOCK:  # threads of one worker share one copy
-        model = _CACHE.get(key)
-        if model is None:
-            if not _CACHE:
-                _configure_torch_threads()
-            # A copy of in-memory models: the cache must not move the caller's object.
-            model = copy.deepcopy(source) if isinstance(source, SliceModel) \
-                else load_slice_model(source)
-            _CACHE[key] = model.to(device)
-    return model
+    return cached_model(source, device, SliceModel, load_slice_model)  # type: ignore[no-any-return]

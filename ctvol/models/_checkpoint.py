@@ -29,6 +29,15 @@ FORMAT = "ctvol-reslice-model"
 BUNDLED = pathlib.Path(__file__).with_name("bundled")
 
 
+def weights_digest(config: dict[str, Any], net: Any) -> str:
+    """SHA-256 of a model's config (sorted JSON) and weights (by parameter name)."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class ResliceModel:
     """A trained inter-slice network with its config (a stateful object).
 
@@ -66,11 +75,7 @@ class ResliceModel:
     def digest(self) -> str:
         """SHA-256 of the weights and config: identifies the model in caches and reports."""
         if self._digest is None:
-            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-            for name, t in sorted(self.net.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._digest = h.hexdigest()
+            self._digest = weights_digest(self.config, self.net)
         return self._digest
 
     def to(self, device: str) -> ResliceModel:

@@ -80,7 +80,7 @@ def _metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(psnr)), float(np.mean(ssim))
 
 
-def _slices_used(ds: Any) -> dict[str, dict[str, list[float]]]:
+def _slices_used(ds: Any) -> dict[str, dict[str, Any]]:
     """Per training series: first/last slice index and their z (mm) that windows read.
 
     z positions identify the slices in any store holding the same series (a
@@ -93,7 +93,7 @@ def _slices_used(ds: Any) -> dict[str, dict[str, list[float]]]:
         last = w.start + ds.factor * w.step
         lo, hi = used.get(w.key, [w.start, last])
         used[w.key] = [min(lo, w.start), max(hi, last)]
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for key, (lo, hi) in used.items():
         z = ctvol.open_series(ds.store, key, storage_options=ds.storage_options)["z"].values
         out[key] = {"index": [lo, hi], "z_mm": [float(z[lo]), float(z[hi])]}
