@@ -77,6 +77,74 @@ def test_dataloader_workers_read_the_same(store: str) -> None:
         torch.testing.assert_close(a, b)
 
 
+class _RawWindows(torch.utils.data.Dataset):
+    """int16 windows as read, with the codec pipeline of the process that read them."""
+
+    def __init__(self, windows: PairWindows) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        w = self.windows.windows[i]
+        x, y = self.windows.read(w)
+        pipeline = self.windows._array(w.key)._async_array.codec_pipeline
+        return x, y, type(pipeline).__name__
+
+
+def _no_collate(item: object) -> object:
+    return item
+
+
+# Never decode through zarrs in the pytest process itself: a worker forked after
+# that would hang (zarrs/zarrs-python#171), which is what these tests guard.
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strides", [(1,), (2,)])
+def test_window_reads_bit_exact_with_per_slice_reads(
+    store: str, strides: tuple[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One strided read per window == slice-by-slice reads, in the parent and in workers."""
+    import zarr
+    from torch.utils.data import DataLoader
+
+    monkeypatch.delenv("CTVOL_ZARRS", raising=False)
+    k = 4
+    w = PairWindows(store, k, split="all", strides=strides)
+    arr = zarr.open_array(w.store, path=f"series/{w.windows[0].key}/hu", mode="r")
+    assert arr.shape[0] > arr.shards[0]  # windows cross a shard boundary, into a partial one
+    raw = _RawWindows(w)
+    parent = [raw[i] for i in range(len(raw))]
+    workers = list(DataLoader(raw, batch_size=None, num_workers=2, collate_fn=_no_collate))
+    expected = "ZarrsCodecPipeline" if _has_zarrs() else "BatchedCodecPipeline"
+    for win, (x0, y0, p0), (x1, y1, p1) in zip(w.windows, parent, workers, strict=True):
+        assert (p0, p1) == ("BatchedCodecPipeline", expected)
+        ref_x = np.stack([arr[i] for i in win.inputs(k)])
+        ref_y = np.stack([arr[i] for i in win.targets(k)])
+        for x, y in ((x0, y0), (x1, y1)):
+            assert x.dtype == y.dtype == np.int16
+            np.testing.assert_array_equal(x, ref_x)
+            np.testing.assert_array_equal(y, ref_y)
+
+
+def _has_zarrs() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("zarrs") is not None
+
+
+@pytest.mark.timeout(300)
+def test_zarrs_switch_off(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CTVOL_ZARRS=0 keeps workers on zarr's own pipeline."""
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setenv("CTVOL_ZARRS", "0")
+    raw = _RawWindows(PairWindows(store, 3))
+    got = [p for _, _, p in DataLoader(torch.utils.data.Subset(raw, [0, 1]), batch_size=None,
+                                      num_workers=1, collate_fn=_no_collate)]
+    assert got == ["BatchedCodecPipeline"] * 2
+
+
 def test_augmentation_is_identical_across_channels() -> None:
     g = torch.Generator().manual_seed(0)
     img = torch.rand(3, 1, 24, 24)
