@@ -364,23 +364,33 @@ def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
         model = models.get(c.factor)
         if model is None:
             continue
-        used = (model.provenance or {}).get("training_slices") or {}
-        uid = str(c.series_uid or "")
-        for key, rng in used.items():
-            if key not in (c.key, uid) or not isinstance(rng, Mapping) or "z_mm" not in rng:
-                continue
-            lo, hi = sorted(float(v) for v in rng["z_mm"])
-            inside = (c.z >= lo - 1e-3) & (c.z <= hi + 1e-3)
-            if inside.any():
-                idx = c.index[inside]
-                out.append(
-                    f"series {c.key} x{c.factor} stride {c.stride}: {int(inside.sum())} of the "
-                    f"{c.index.size} slices evaluated (indices {int(idx[0])}-{int(idx[-1])}) lie "
-                    f"in z {lo:g}-{hi:g} mm, which trained the x{c.factor} U-net "
-                    f"({model.path or model.digest[:12]}): its numbers there are optimistic; "
-                    "evaluate slices outside that range (series={key: slice(start, stop)}, "
-                    "CLI --series KEY:START:STOP) or other series"
-                )
+        prov = model.provenance or {}
+        for field_, role, effect in (
+                ("training_slices", "trained", "optimistic"),
+                ("selection_slices", "chose the best epoch of", "somewhat optimistic")):
+            out += _overlaps(c, model, prov.get(field_) or {}, role, effect)
+    return out
+
+
+def _overlaps(c: _Case, model: Any, used: Mapping[str, Any], role: str,
+              effect: str) -> list[str]:
+    out = []
+    uid = str(c.series_uid or "")
+    for key, rng in used.items():
+        if key not in (c.key, uid) or not isinstance(rng, Mapping) or "z_mm" not in rng:
+            continue
+        lo, hi = sorted(float(v) for v in rng["z_mm"])
+        inside = (c.z >= lo - 1e-3) & (c.z <= hi + 1e-3)
+        if inside.any():
+            idx = c.index[inside]
+            out.append(
+                f"series {c.key} x{c.factor} stride {c.stride}: {int(inside.sum())} of the "
+                f"{c.index.size} slices evaluated (indices {int(idx[0])}-{int(idx[-1])}) lie "
+                f"in z {lo:g}-{hi:g} mm, which {role} the x{c.factor} U-net "
+                f"({model.path or model.digest[:12]}): its numbers there are {effect}; "
+                "evaluate slices outside that range (series={key: slice(start, stop)}, "
+                "CLI --series KEY:START:STOP) or other series"
+            )
     return out
 
 

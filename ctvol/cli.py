@@ -184,7 +184,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.store, args.factor, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
         lr=args.lr, crop=args.crop or None, architecture=arch, augment=not args.no_augment,
         device=args.device, num_workers=args.loader_workers, seed=args.seed,
-        resume=args.resume, max_windows=args.max_windows, progress=not args.quiet,
+        resume=args.resume, max_windows=args.max_windows, partitions=args.partitions,
+        skip_blank=not args.keep_blank, progress=not args.quiet,
     )
     print(f"best model: {model.path} ({model!r}); log: {args.out}/log.csv")
     return 0
@@ -270,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-kind", choices=["sigmoid", "residual"], default="sigmoid")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--max-windows", type=int, default=None, help="training windows per epoch")
+    p.add_argument("--partitions", choices=["train-val", "train-val-test"], default="train-val",
+                   help="train-val-test keeps a 10%% test partition nothing in training sees")
+    p.add_argument("--keep-blank", action="store_true",
+                   help="also train on windows touching slices `ctvol curate` labelled blank")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -47,6 +47,52 @@ def test_single_series_split_by_blocks_with_guard(store: str) -> None:
     assert min(val_slices) - max(train_slices) > 2 * k  # guard gap, no shared neighbours
 
 
+def test_three_way_split_single_series_blocks(store: str) -> None:
+    k = 2
+    parts = {p: PairWindows(store, k, split=p, partitions="train-val-test", strides=(1,))
+             for p in ("train", "val", "test")}
+    used = {p: {s for w in pw.windows for s in range(w.start, w.inputs(k)[1] + 1)}
+            for p, pw in parts.items()}
+    assert all(used.values())
+    assert min(used["val"]) - max(used["train"]) > 2 * k  # guard gaps: no shared neighbours
+    assert min(used["test"]) - max(used["val"]) > 2 * k
+    assert max(used["test"]) == 39  # the last 10 % of the 40 slices
+    with pytest.raises(ValueError, match="split must be one of"):
+        PairWindows(store, k, split="test")  # no test partition in the 70/30 scheme
+
+
+def test_three_way_split_by_series_uses_partition_of(tmp_path: pathlib.Path) -> None:
+    from ctvol.curation import partition_of
+
+    for i in range(12):
+        write_dicom_series(tmp_path / "in" / str(i), head_phantom((8, 16, 16), seed=i),
+                           series_uid=f"1.2.3.{i}", spacing=(1.0, 0.5, 0.5))
+    store = ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr").store
+    for part in ("train", "val", "test"):
+        want = {f"1.2.3.{i}" for i in range(12) if partition_of(f"1.2.3.{i}") == part}
+        if not want:
+            continue
+        got = {w.key for w in PairWindows(store, 2, split=part, partitions="train-val-test",
+                                          strides=(1,)).windows}
+        assert got == want
+
+
+def test_blank_slices_are_left_out_of_windows(tmp_path: pathlib.Path) -> None:
+    hu = head_phantom((24, 48, 48), seed=2)
+    hu[10] = -1000  # an air slice in the middle
+    write_dicom_series(tmp_path / "in", hu, spacing=(1.0, 2.0, 2.0))
+    store = ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr").store
+    before = PairWindows(store, 3, split="all", strides=(1,))
+    table = ctvol.curate_store(store)
+    assert int(table["blank"].iloc[0]) == 1
+    after = PairWindows(store, 3, split="all", strides=(1,))
+    touching = [w for w in before.windows if w.start <= 10 <= w.start + 3]
+    assert len(touching) == 4 and after.blank_skipped == 4
+    assert len(after) == len(before) - 4
+    assert all(not (w.start <= 10 <= w.start + 3) for w in after.windows)
+    assert len(PairWindows(store, 3, split="all", strides=(1,), skip_blank=False)) == len(before)
+
+
 def test_split_of_is_stable_and_roughly_70_30() -> None:
     splits = [split_of(f"1.2.3.{i}") for i in range(2000)]
     assert splits == [split_of(f"1.2.3.{i}") for i in range(2000)]

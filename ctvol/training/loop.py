@@ -118,6 +118,8 @@ def train(
     seed: int = 0,
     resume: bool = False,
     max_windows: int | None = None,
+    partitions: str = "train-val",
+    skip_blank: bool = True,
     progress: bool = False,
 ) -> Any:
     """Train a reslice U-net on a cohort store; returns the best model.
@@ -154,6 +156,12 @@ def train(
         Continue from ``out/last``.
     max_windows : int, optional
         Cap on training windows per epoch (a random subset each epoch).
+    partitions : {"train-val", "train-val-test"}
+        ``"train-val-test"`` keeps a test partition (10 %) that neither
+        training nor the choice of the best epoch sees (:class:`PairWindows`);
+        the checkpoint records its z range for ``ctvol evaluate``.
+    skip_blank : bool, default True
+        Leave out windows touching slices that ``ctvol curate`` labelled blank.
 
     Raises
     ------
@@ -190,8 +198,10 @@ def train(
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {last}")
 
     dev = resolve_device(device)
-    train_set = PairWindows(store, factor, split="train", strides=strides, crop=crop, seed=seed)
-    val_set = PairWindows(store, factor, split="val", strides=strides, crop=crop, seed=seed + 1)
+    common = {"strides": strides, "crop": crop, "partitions": partitions,
+              "skip_blank": skip_blank}
+    train_set = PairWindows(store, factor, split="train", seed=seed, **common)
+    val_set = PairWindows(store, factor, split="val", seed=seed + 1, **common)
     torch.manual_seed(seed)
     arch = {"depth": 4, "base": 16, "norm": "batch", "output": "sigmoid", **(architecture or {})}
     net = UNet(factor, **arch).to(torch.device(dev))
@@ -209,7 +219,9 @@ def train(
                   "train_windows": len(train_set), "val_windows": len(val_set),
                   # first and last slice index each training series contributed
                   # (ctvol.evaluate warns when evaluating on them)
-                  "training_slices": _slices_used(train_set)}
+                  "training_slices": _slices_used(train_set),
+                  "selection_slices": _slices_used(val_set), "partitions": partitions,
+                  "blank_windows_skipped": train_set.blank_skipped + val_set.blank_skipped}
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.csv"
     if not resume or not log_path.exists():

@@ -76,6 +76,24 @@ def _read_config(store: str) -> dict[str, Any]:
     return {"codec_pipeline.path": _ZARRS_PIPELINE}
 
 
+def partition_of(series_uid: str) -> str:
+    from ..curation import partition_of as p
+
+    return p(series_uid)
+
+
+def _blank_slices(root: Any, key: str) -> np.ndarray | None:
+    """Boolean (z,) of slices labelled blank by ``ctvol curate``, or None without labels."""
+    group = root[f"series/{key}"]
+    if "label" not in group:
+        return None
+    label = group["label"]
+    classes = list(label.attrs.get("classes", []))
+    if "blank" not in classes:
+        return None
+    return np.asarray(label[:]) == classes.index("blank")
+
+
 class PairWindows:
     """A torch-style Dataset of slice-pair windows over a cohort store.
 
@@ -85,11 +103,17 @@ class PairWindows:
         Cohort store written by :func:`ctvol.ingest`.
     factor : int
         Re-slice factor k (>= 2).
-    split : {"train", "val", "all"}, default "train"
-        Series are split 70/30 by a hash of their SeriesInstanceUID, so no
-        series feeds both sides. A store with a single series is split into
-        contiguous z-blocks instead (first 70 % train, last 30 % validation)
-        with a guard gap of 2k slices, never by random slices.
+    split : {"train", "val", "test", "all"}, default "train"
+        Series are split by a hash of their SeriesInstanceUID, so no series
+        feeds two sides. A store with a single series is split into
+        contiguous z-blocks instead, with guard gaps of 2k slices between
+        blocks, never by random slices.
+    partitions : {"train-val", "train-val-test"}, default "train-val"
+        ``"train-val"``: 70/30 (``val_fraction``), SHA-1 of the UID (the
+        paper's set-up). ``"train-val-test"``: 70/20/10 by
+        :func:`ctvol.curation.partition_of` (SHA-256 mod 10), so the epoch can
+        be chosen on validation and the test set stays unseen; a single
+        series becomes blocks of 70/20/10 % of its slices.
     strides : sequence of {1, 2}, default (1, 2)
         1: windows (i, i+k); 2: the doubled-stride windows (i, i+2k).
     crop : int, optional
@@ -101,6 +125,11 @@ class PairWindows:
         Crops are drawn from ``(seed, epoch, index)``: reproducible, and
         independent of the number of DataLoader workers.
     val_fraction : float, default 0.3
+        Validation share with ``partitions="train-val"``.
+    skip_blank : bool, default True
+        When the store holds curation labels (``ctvol curate``), leave out
+        every window that touches a slice labelled blank (the paper trains
+        on non-blank slices only).
 
     Each item is ``(x, y)``: float32 arrays (2, H, W) and (k-1, H, W) in
     [0, 1] (HU clipped to [-1024, 1024]).
@@ -128,6 +157,8 @@ class PairWindows:
         keys: Sequence[str] | None = None,
         seed: int = 0,
         val_fraction: float = 0.3,
+        partitions: str = "train-val",
+        skip_blank: bool = True,
         window: tuple[float, float] = HU_WINDOW,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -135,8 +166,15 @@ class PairWindows:
 
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
-        if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if partitions not in ("train-val", "train-val-test"):
+            raise ValueError(f"partitions must be 'train-val' or 'train-val-test', "
+                             f"got {partitions!r}")
+        valid = ("train", "val", "test", "all") if partitions == "train-val-test" \
+            else ("train", "val", "all")
+        if split not in valid:
+            raise ValueError(f"split must be one of {valid} with partitions={partitions!r}, "
+                             f"got {split!r}")
+        self.partitions = partitions
         if not set(strides) <= {1, 2} or not strides:
             raise ValueError(f"strides must be a non-empty subset of (1, 2), got {strides!r}")
         self.store, self.factor, self.split = _url(store), factor, split
@@ -151,11 +189,18 @@ class PairWindows:
         single = len(series) == 1
         windows: list[Window] = []
         too_short = []
+        self.blank_skipped = 0
         for key, attrs in sorted(series.items()):
             n = self.shapes[key][0]
             lo, hi = self._z_range(n, split, single, attrs.get("series_uid", key), val_fraction)
             found = [Window(key, i, s) for s in strides
                      for i in range(lo, hi - factor * s)]
+            blank = _blank_slices(root, key) if skip_blank else None
+            if blank is not None:
+                kept = [w for w in found
+                        if not blank[w.start:w.start + factor * w.step + 1].any()]
+                self.blank_skipped += len(found) - len(kept)
+                found = kept
             if not found:
                 too_short.append(f"{key} ({n} slices)")
             windows.extend(found)
@@ -175,11 +220,17 @@ class PairWindows:
         """Slices [lo, hi) of a series that belong to the split."""
         if split == "all":
             return 0, n
+        three = self.partitions == "train-val-test"
         if not single:
-            return (0, n) if split_of(uid, val_fraction) == split else (0, 0)
-        cut = int(round(n * (1 - val_fraction)))
+            side = partition_of(uid) if three else split_of(uid, val_fraction)
+            return (0, n) if side == split else (0, 0)
         guard = 2 * self.factor
-        return (0, max(0, cut - guard)) if split == "train" else (cut, n)
+        if not three:
+            cut = int(round(n * (1 - val_fraction)))
+            return (0, max(0, cut - guard)) if split == "train" else (cut, n)
+        c1, c2 = int(round(n * 0.7)), int(round(n * 0.9))
+        return {"train": (0, max(0, c1 - guard)), "val": (c1, max(c1, c2 - guard)),
+                "test": (c2, n)}[split]
 
     def __len__(self) -> int:
         return len(self.windows)
