@@ -198,7 +198,7 @@ def train(
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {last}")
 
     dev = resolve_device(device)
-    common = {"strides": strides, "crop": crop, "partitions": partitions,
+    common: dict[str, Any] = {"strides": strides, "crop": crop, "partitions": partitions,
               "skip_blank": skip_blank}
     train_set = PairWindows(store, factor, split="train", seed=seed, **common)
     val_set = PairWindows(store, factor, split="val", seed=seed + 1, **common)
