@@ -199,7 +199,7 @@ def train(
 
     dev = resolve_device(device)
     common: dict[str, Any] = {"strides": strides, "crop": crop, "partitions": partitions,
-              "skip_blank": skip_blank}
+                              "skip_blank": skip_blank}
     train_set = PairWindows(store, factor, split="train", seed=seed, **common)
     val_set = PairWindows(store, factor, split="val", seed=seed + 1, **common)
     torch.manual_seed(seed)
