@@ -49,6 +49,20 @@ class PeakSampler(threading.Thread):
             time.sleep(0.2)
 
 
+def bare_unet_pairs_per_s(size: int, n_pairs: int = 16, batch: int = 4) -> float:
+    """The bundled x3 U-net alone over random windowed pairs (channels_last, inference mode)."""
+    import torch
+
+    net = ctvol.load_model("unet-x3").net.eval().to(memory_format=torch.channels_last)
+    x = torch.rand(n_pairs, 2, size, size).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x[:batch])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, n_pairs, batch):
+            net(x[s:s + batch])
+    return n_pairs / (time.perf_counter() - t0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("workdir")
@@ -94,6 +108,15 @@ def main() -> None:
            "stages": summary.stages, "peak_rss_mb_getrusage": summary.peak_rss_mb,
            "peak_rss_mb_sampled": {k: round(v) for k, v in sampler.peak.items() if v > 50},
            "failed": summary.failed}
+    if a.method == "unet":  # pairs/s of the reslice stage against the bare model, same run
+        res = next(st for st in summary.stages if st["stage"] == "reslice")
+        pairs = res["slices"] - res["done"]  # N-1 pairs per series
+        out["reslice_pairs_per_s"] = pairs / res["seconds"]
+        out["bare_model_pairs_per_s"] = bare_unet_pairs_per_s(a.size)
+        out["ratio_reslice_vs_bare"] = out["reslice_pairs_per_s"] / out["bare_model_pairs_per_s"]
+        print(f"U-net: reslice stage {out['reslice_pairs_per_s']:.2f} pairs/s (read, infer, "
+              f"write) vs bare model {out['bare_model_pairs_per_s']:.2f} pairs/s: ratio "
+              f"{out['ratio_reslice_vs_bare']:.2f}")
     print(summary.table())
     print("peak RSS sampled (MiB):", out["peak_rss_mb_sampled"])
     print(f"\npipeline {total:.1f} s for {files} files "
