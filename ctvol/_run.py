@@ -133,9 +133,22 @@ class RunSummary:
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB).
+
+    Linux's VmHWM is the high-water mark of this process's own memory; the
+    getrusage maximum survives fork+exec, so a worker spawned by a large
+    driver would report the driver's peak.
+    """
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
