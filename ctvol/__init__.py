@@ -33,6 +33,7 @@ __all__ = [
     "match_slices",
     "partition_of",
     "reslice",
+    "shift_interleave",
     "train",
     "train_classifier",
     "train_localizer",
@@ -44,6 +45,7 @@ _LAZY = {
     "ingest": "ctvol._ingest",
     "evaluate": "ctvol._evaluate",
     "reslice": "ctvol._reslice",
+    "shift_interleave": "ctvol._shift_interleave",
     "load_model": "ctvol.models",
     "train": "ctvol.training.loop",
     "catalog": "ctvol.io.store",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
     from ._reslice import reslice
+    from ._shift_interleave import shift_interleave
     from .curation import (
         classify_slices,
         curate,
