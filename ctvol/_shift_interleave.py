@@ -93,7 +93,8 @@ def _check_depth(predict_depth: Any, dims: tuple[Hashable, ...]) -> dict[Hashabl
         depth = dict.fromkeys(dims, predict_depth)
     for d, v in depth.items():
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"predict_depth must be an integer >= 0 (per dim), got {v!r} for {d!r}")
+            raise ValueError(
+                f"predict_depth must be an integer >= 0 (per dim), got {v!r} for {d!r}")
     return {d: int(v) for d, v in depth.items()}
 
 

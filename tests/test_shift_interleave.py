@@ -46,7 +46,7 @@ def zmax(block: np.ndarray) -> np.ndarray:
 
 
 def _by_hand(hu: np.ndarray, predict, k: int, extend: bool = False) -> np.ndarray:
-    """The definition, written out: copy j samples z at i + j/k; output n = copy n%k, sample n//k."""
+    """The definition written out: copy j samples z at i + j/k; output n = copy n%k at n//k."""
     copies = [predict(ndimage.shift(hu.astype(np.float32), (-j / k, 0, 0), output=np.float32,
                                     order=1, mode="nearest")) for j in range(k)]
     n_in = hu.shape[0]
