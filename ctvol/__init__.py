@@ -35,6 +35,7 @@ __all__ = [
     "partition_of",
     "reslice",
     "run",
+    "shift_interleave",
     "train",
     "train_classifier",
     "train_localizer",
@@ -46,6 +47,7 @@ _LAZY = {
     "ingest": "ctvol._ingest",
     "evaluate": "ctvol._evaluate",
     "reslice": "ctvol._reslice",
+    "shift_interleave": "ctvol._shift_interleave",
     "load_model": "ctvol.models",
     "train": "ctvol.training.loop",
     "catalog": "ctvol.io.store",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from ._ingest import IngestReport, ingest
     from ._reslice import reslice
     from ._run import run
+    from ._shift_interleave import shift_interleave
     from .curation import (
         classify_slices,
         curate,

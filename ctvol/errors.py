@@ -22,6 +22,7 @@ __all__ = [
     "IngestWarning",
     "LabelError",
     "NoInputError",
+    "PredictError",
     "SeriesNotFoundError",
     "StoreError",
     "StoreWriteError",
@@ -89,3 +90,7 @@ class CurationError(CtvolError, ValueError):
 
 class LabelError(CtvolError, ValueError):
     """Slice labels or landmark annotations that do not match the store (unknown slices)."""
+
+
+class PredictError(CtvolError, ValueError):
+    """A user's block predictor returned a block of the wrong shape or dtype."""

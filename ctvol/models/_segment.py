@@ -1,0 +1,181 @@
+"""A small 2-D segmentation network as a block predictor, and its checkpoints.
+
+:class:`SegmentModel` maps a block of slices (n, H, W) in HU to per-pixel
+foreground probabilities of the same shape, one slice at a time: it is a
+``predict`` for :func:`ctvol.shift_interleave` (refining along z needs no
+``predict_depth``, since no slice sees its neighbours).
+
+A checkpoint is a folder, like the reslice models'::
+
+    model.safetensors   the weights (loading never unpickles)
+    config.json         {"format": "ctvol-segment-model", "version": 1,
+                         "architecture": {...}, "window": [-1024, 1024],
+                         "provenance": {...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..intensity import HU_WINDOW, to_unit
+
+__all__ = ["SegmentModel", "load_segmenter", "save_segmenter", "seg_net"]
+
+FORMAT = "ctvol-segment-model"
+
+
+def seg_net(*, depth: int = 2, base: int = 8) -> Any:
+    """A small 2-D U-net: (n, 1, H, W) in [0, 1] -> (n, 1, H, W) logits.
+
+    ``depth`` levels of two 3x3 convolutions (batch-norm, ReLU), max-pool
+    down, transposed convolution up, skip connections. Inputs are padded
+    (replicate) to a multiple of ``2**depth`` and cropped back.
+    """
+    import torch
+    from torch import nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    class SegNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = {"depth": int(depth), "base": int(base)}
+            chans = [base * 2**i for i in range(depth + 1)]
+            self.down = nn.ModuleList()
+            cin = 1
+            for c in chans[:-1]:
+                self.down.append(block(cin, c))
+                cin = c
+            self.bottom = block(chans[-2], chans[-1])
+            self.up = nn.ModuleList(nn.ConvTranspose2d(hi, lo, 2, stride=2)
+                                    for hi, lo in zip(reversed(chans[1:]), reversed(chans[:-1]),
+                                                      strict=True))
+            self.dec = nn.ModuleList(block(2 * c, c) for c in reversed(chans[:-1]))
+            self.head = nn.Conv2d(chans[0], 1, 1)
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2:]
+            m = 2**depth
+            ph, pw = (-h) % m, (-w) % m
+            if ph or pw:
+                x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            skips = []
+            for b in self.down:
+                x = b(x)
+                skips.append(x)
+                x = self.pool(x)
+            x = self.bottom(x)
+            for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+                x = dec(torch.cat([up(x), skip], dim=1))
+            return self.head(x)[..., :h, :w]
+
+    return SegNet()
+
+
+class SegmentModel:
+    """A trained per-slice segmenter: (n, H, W) HU -> (n, H, W) probabilities.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        From :func:`seg_net` (logits out).
+    window : (float, float)
+        HU window mapped to [0, 1] before the network.
+    provenance : dict, optional
+        Training facts, kept in the checkpoint.
+    batch_size : int
+        Slices per forward pass.
+    """
+
+    def __init__(self, net: Any, *, window: tuple[float, float] = HU_WINDOW,
+                 provenance: dict[str, Any] | None = None, path: str | None = None,
+                 batch_size: int = 8) -> None:
+        self.net = net.eval()
+        self.window = (float(window[0]), float(window[1]))
+        self.provenance = dict(provenance or {})
+        self.path = path
+        self.batch_size = int(batch_size)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "architecture": dict(self.net.config),
+                "window": list(self.window), "provenance": self.provenance}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of config and weights."""
+        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for name, t in sorted(self.net.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """Probabilities (float32, same shape) for a block of slices along its first axis."""
+        import torch
+
+        if block.ndim != 3:
+            raise ValueError(f"SegmentModel takes (n, H, W) blocks, got shape {block.shape}")
+        x = to_unit(block, self.window).astype(np.float32)
+        out = np.empty(block.shape, dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], self.batch_size):
+                t = torch.from_numpy(np.ascontiguousarray(x[s : s + self.batch_size, None]))
+                out[s : s + self.batch_size] = torch.sigmoid(self.net(t))[:, 0].numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return f"<SegmentModel {self.net.config} {self.path or '(in memory)'}>"
+
+
+def save_segmenter(model: SegmentModel, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+    from safetensors.torch import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    model.path = str(out)
+    return out
+
+
+def load_segmenter(path: str | os.PathLike[str]) -> SegmentModel:
+    """Load a segmenter checkpoint folder (never unpickles).
+
+    Raises
+    ------
+    FileNotFoundError
+        Not a folder with ``config.json`` and ``model.safetensors``.
+    ValueError
+        The folder holds another kind of checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    folder = pathlib.Path(path)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        raise FileNotFoundError(
+            f"no segmenter checkpoint at {os.fspath(path)!r}: expected a folder with "
+            "config.json and model.safetensors (written by ctvol.models.save_segmenter)"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a ctvol segmenter config (format {FORMAT!r}, "
+                         f"got {cfg.get('format')!r})")
+    net = seg_net(**cfg["architecture"])
+    net.load_state_dict(load_file(str(weights)))
+    return SegmentModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]
+                        provenance=cfg.get("provenance"), path=str(folder))
