@@ -6,7 +6,7 @@ the low-resolution input. Training uses slices 0-91 (a guard of 6 slices),
 evaluation the held-out block 98-139.
 
     ctvol ingest ../shared/data/dcm_qa_ct_philips/S21570/S2020 -o s2020.zarr --scheduler threads
-    python pipelines/inplane_s2020.py train s2020.zarr -o models/inplane-x2 --epochs 40
+    python pipelines/inplane_s2020.py train s2020.zarr -o models/inplane-x2 --epochs 12
     python pipelines/inplane_s2020.py evaluate s2020.zarr --model models/inplane-x2/last -o report
 
 ``evaluate`` writes ``report/inplane.json`` (PSNR/SSIM of both methods on the
@@ -29,7 +29,13 @@ TISSUE_HU = -500.0  # TA: the head (blurred value >= -500 HU), not the air aroun
 
 
 def train(args: argparse.Namespace) -> int:
+    import torch
+
     import ctvol
+
+    # One intra-op thread: on a shared 2-core machine two threads ran a step
+    # 5x slower (threads waiting on each other when one is descheduled).
+    torch.set_num_threads(args.threads)
 
     key = ctvol.list_series(args.store)[0]
     model = ctvol.train_inplane(
@@ -97,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train")
     t.add_argument("store")
     t.add_argument("-o", "--out", required=True)
-    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--epochs", type=int, default=12)
     t.add_argument("--repeats", type=int, default=8, help="crops per training slice per epoch")
     t.add_argument("--loss", choices=["l1", "bce"], default="l1")
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     t.set_defaults(func=train)
     e = sub.add_parser("evaluate")
     e.add_argument("store")

@@ -240,7 +240,7 @@ def test_checkpoint_round_trip(tmp_path: pathlib.Path, vol: xr.Dataset) -> None:
     a = ctvol.upsample_inplane(vol, 2, model=model).hu.values
     b = ctvol.upsample_inplane(vol, 2, model=str(tmp_path / "m")).hu.values
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="not a ctvol reslice model"):
+    with pytest.raises(ValueError, match="in-plane model: load it with ctvol.load_inplane"):
         ctvol.load_model(tmp_path / "m")
 
 
