@@ -52,7 +52,7 @@ _LAZY = {
     "load_model": "ctvol.models",
     "upsample_inplane": "ctvol._inplane",
     "downsample_inplane": "ctvol._inplane",
-    "load_inplane_model": "ctvol.models.inplane",
+    "load_inplane_model": "ctvol.models",
     "train_inplane": "ctvol.training.inplane",
     "train": "ctvol.training.loop",
     "catalog": "ctvol.io.store",
@@ -87,8 +87,7 @@ if TYPE_CHECKING:
         train_localizer,
     )
     from .io.store import catalog, list_series, open_cohort, open_series, write
-    from .models import load_model
-    from .models.inplane import load_inplane_model
+    from .models import load_inplane_model, load_model
     from .training.inplane import train_inplane
     from .training.loop import train
 

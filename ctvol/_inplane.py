@@ -27,7 +27,7 @@ from .errors import GeometryError
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["bilinear", "downsample_inplane", "inplane_block", "upsample_inplane"]
+__all__ = ["bilinear", "bilinear_hu", "downsample_inplane", "inplane_block", "upsample_inplane"]
 
 METHODS = ("unet", "bilinear")
 
@@ -70,6 +70,26 @@ def bilinear(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
             t = torch.from_numpy(np.ascontiguousarray(hu[s : s + batch], dtype=np.float32))
             out[s : s + batch] = F.interpolate(t[:, None], size=(h * factor, w * factor),
                                                mode="bilinear", align_corners=False)[:, 0].numpy()
+    return out
+
+
+def bilinear_hu(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
+    """:func:`bilinear` rounded to whole HU, int16, without full-size float temporaries.
+
+    Bilinear values lie between their int16 neighbours, so no clipping is needed.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, h, w = hu.shape
+    out = np.empty((n, h * factor, w * factor), dtype=np.int16)
+    with torch.inference_mode():
+        for s in range(0, n, batch):
+            t = torch.from_numpy(np.ascontiguousarray(hu[s : s + batch], dtype=np.float32))
+            up = F.interpolate(t[:, None], size=(h * factor, w * factor), mode="bilinear",
+                               align_corners=False)[:, 0]
+            torch.round(up, out=up)  # half to even, as np.rint
+            out[s : s + batch] = up.numpy()
     return out
 
 
@@ -120,9 +140,9 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     """
     from .inference import _to_hu_int16
 
-    up = bilinear(hu, factor)
     if method == "bilinear":
-        return _to_hu_int16(up)
+        return bilinear_hu(hu, factor)
+    up = bilinear(hu, factor)
     m = _model(model, device)
     norm = m.normalisation
     if norm["kind"] == "window":

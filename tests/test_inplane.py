@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 import ctvol
-from ctvol._inplane import area_downsample, bilinear, inplane_block, normalise
+from ctvol._inplane import area_downsample, bilinear, bilinear_hu, inplane_block, normalise
 from ctvol.errors import GeometryError, SeriesNotFoundError
 from ctvol.models.inplane import InplaneModel, save_inplane_model
 from ctvol.models.inplane_unet import InplaneUNet
@@ -115,6 +115,8 @@ def test_bilinear_equals_scipy_zoom_grid_mode(vol: xr.Dataset) -> None:
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-2)
         out = ctvol.upsample_inplane(vol, f, method="bilinear").hu.values
         assert np.abs(out - ref).max() <= 0.5 + 1e-2  # rounded to whole HU
+        np.testing.assert_array_equal(out, np.rint(got))
+        np.testing.assert_array_equal(bilinear_hu(hu, f, batch=4), np.rint(got))
 
 
 def test_bilinear_by_hand() -> None:
@@ -397,3 +399,33 @@ def test_real_sample_bilinear_beats_pixel_repetition(sample_store: str) -> None:
     assert (m_bil[:, 1] > m_rep[:, 1]).all()  # SSIM
     np.testing.assert_allclose(up.y.values, ds.y.values, rtol=0, atol=1e-9)
     assert up.attrs["spacing"][1] == pytest.approx(ds.attrs["spacing"][1])
+
+
+def test_threads_and_processes_give_identical_output(tmp_path: pathlib.Path,
+                                                     vol: xr.Dataset) -> None:
+    """Checkpoint paths and in-memory models on worker processes (minmax: a shared range)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    save_inplane_model(_tiny(normalisation="minmax", seed=7), tmp_path / "m")
+    with dask.config.set(scheduler="threads"):
+        threads = ctvol.upsample_inplane(vol, 2, model=str(tmp_path / "m")).hu.values
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                     dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        procs = ctvol.upsample_inplane(vol, 2, model=str(tmp_path / "m")).hu.values
+        in_memory = ctvol.upsample_inplane(
+            vol, 2, model=_tiny(normalisation="minmax", seed=7)).hu.values
+    np.testing.assert_array_equal(threads, procs)
+    np.testing.assert_array_equal(threads, in_memory)
+
+
+def test_write_and_reopen(tmp_path: pathlib.Path, vol: xr.Dataset) -> None:
+    up = ctvol.upsample_inplane(vol, 2, method="bilinear")
+    ctvol.write(up, tmp_path / "sr.zarr", "s1")
+    back = ctvol.open_series(tmp_path / "sr.zarr", "s1")
+    np.testing.assert_array_equal(back.hu.values, up.hu.values)
+    np.testing.assert_array_equal(back.y.values, up.y.values)
+    assert back.attrs["inplane"]["generated"] is True and back.attrs["complete"] is True
