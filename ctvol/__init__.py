@@ -24,21 +24,26 @@ __all__ = [
     "classify_slices",
     "curate",
     "curate_store",
+    "downsample_inplane",
     "evaluate",
     "ingest",
     "list_series",
     "open_cohort",
     "open_series",
+    "load_inplane_model",
     "load_model",
     "localize",
     "match_slices",
+    "morphometry",
     "partition_of",
     "reslice",
     "run",
     "shift_interleave",
     "train",
     "train_classifier",
+    "train_inplane",
     "train_localizer",
+    "upsample_inplane",
     "write",
 ]
 
@@ -49,6 +54,10 @@ _LAZY = {
     "reslice": "ctvol._reslice",
     "shift_interleave": "ctvol._shift_interleave",
     "load_model": "ctvol.models",
+    "upsample_inplane": "ctvol._inplane",
+    "downsample_inplane": "ctvol._inplane",
+    "load_inplane_model": "ctvol.models",
+    "train_inplane": "ctvol.training.inplane",
     "train": "ctvol.training.loop",
     "catalog": "ctvol.io.store",
     "list_series": "ctvol.io.store",
@@ -66,9 +75,13 @@ _LAZY = {
     "train_localizer": "ctvol.curation",
 }
 
+_SUBMODULES = ("morphometry",)
+
 if TYPE_CHECKING:
+    from . import morphometry
     from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
+    from ._inplane import downsample_inplane, upsample_inplane
     from ._reslice import reslice
     from ._run import run
     from ._shift_interleave import shift_interleave
@@ -83,12 +96,19 @@ if TYPE_CHECKING:
         train_localizer,
     )
     from .io.store import catalog, list_series, open_cohort, open_series, write
-    from .models import load_model
+    from .models import load_inplane_model, load_model
+    from .training.inplane import train_inplane
     from .training.loop import train
 
 
 def __getattr__(name: str) -> Any:
     # PEP 562: resolve public verbs on first use, keeping `import ctvol` cheap.
+    if name in _SUBMODULES:  # public submodules: `ctvol.morphometry.bland_altman(...)`
+        import importlib
+
+        module = importlib.import_module(f"ctvol.{name}")
+        globals()[name] = module
+        return module
     if name in _LAZY:
         import importlib
 

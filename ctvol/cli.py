@@ -1,4 +1,4 @@
-"""The ``ctvol`` command line: ingest, reslice, train, evaluate, curate, run, info.
+"""The ``ctvol`` command line: ingest, reslice, upsample, train, evaluate, curate, run, info.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -114,6 +114,37 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
                       f"({int(out.generated.sum())} generated, {args.method})", flush=True)
             ctvol.write(out, args.output, key, progress=not args.quiet)
     print(f"{len(keys) - len(failed)} series resliced into {args.output}"
+          + (f"; {len(failed)} skipped" if failed else ""))
+    return EXIT_PARTIAL if failed else 0
+
+
+def _cmd_upsample(args: argparse.Namespace) -> int:
+    import ctvol
+    from ctvol.errors import CtvolError
+
+    keys = args.series or ctvol.list_series(args.store)
+    if not keys:
+        print(f"ctvol upsample: no complete series in {args.store}", file=sys.stderr)
+        return 1
+    failed = []
+    with _scheduler(args.scheduler, args.workers):
+        for key in keys:
+            try:
+                ds = ctvol.open_series(args.store, key)
+                out = ctvol.upsample_inplane(ds, args.factor, method=args.method,
+                                             model=args.model, batch_size=args.batch_size,
+                                             device=args.device)
+            except (ValueError, FileNotFoundError, CtvolError) as exc:
+                print(f"skipped {key}: {exc}", file=sys.stderr)
+                failed.append(key)
+                continue
+            if not args.quiet:
+                sp = out.attrs["spacing"]
+                print(f"{key}: {ds.sizes['y']}x{ds.sizes['x']} -> {out.sizes['y']}x"
+                      f"{out.sizes['x']} at {sp[1]:.4g} x {sp[2]:.4g} mm ({args.method})",
+                      flush=True)
+            ctvol.write(out, args.output, key, progress=not args.quiet)
+    print(f"{len(keys) - len(failed)} series upsampled in-plane into {args.output}"
           + (f"; {len(failed)} skipped" if failed else ""))
     return EXIT_PARTIAL if failed else 0
 
@@ -256,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_reslice)
+
+    p = sub.add_parser("upsample", help="in-plane super-resolution: cohort store -> store")
+    p.add_argument("store", help="input cohort store")
+    p.add_argument("-o", "--output", required=True, help="output store (.zarr path or URL)")
+    p.add_argument("--factor", type=int, default=2, help="in-plane factor (default 2)")
+    p.add_argument("--method", choices=["unet", "bilinear"], default="unet")
+    p.add_argument("--model", help="in-plane checkpoint folder or bundled name (method unet)")
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_upsample)
 
     p = sub.add_parser("train", help="train a reslice U-net from a cohort store (resumable)")
     p.add_argument("store", help="cohort store")

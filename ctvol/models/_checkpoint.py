@@ -171,7 +171,10 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
         )
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a ctvol reslice model config (format {FORMAT!r})")
+        hint = ("; it is an in-plane model: load it with ctvol.load_inplane_model"
+                if cfg.get("format") == "ctvol-inplane-model" else "")
+        raise ValueError(
+            f"{cfg_path} is not a ctvol reslice model config (format {FORMAT!r}){hint}")
     net = UNet(**cfg["architecture"])
     net.load_state_dict(load_file(str(weights)))
     return ResliceModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]

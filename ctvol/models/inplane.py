@@ -1,0 +1,205 @@
+"""In-plane super-resolution models and their checkpoint format (safetensors + JSON).
+
+The network (:class:`ctvol.models.inplane_unet.InplaneUNet`) takes a slice
+already upsampled (bilinear) to the high-resolution grid and returns the
+high-resolution slice, both normalised to [0, 1].
+
+A checkpoint is a folder::
+
+    model.safetensors   the weights (loading never unpickles)
+    config.json         {"format": "ctvol-inplane-model", "version": 1,
+                         "architecture": {...}, "factor": f,
+                         "normalisation": {"kind": "window", "window": [lo, hi]}
+                                        | {"kind": "minmax"},
+                         "loss": "l1" | "bce", "provenance": {...}}
+
+Bundled in-plane models live in ``ctvol/models/bundled_inplane/<name>/``
+(separate from the reslice models, whose loader and factor plans must not see
+them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from ..intensity import HU_WINDOW
+
+__all__ = [
+    "FORMAT",
+    "NORMS",
+    "InplaneModel",
+    "bundled_inplane_models",
+    "load_inplane_model",
+    "save_inplane_model",
+]
+
+FORMAT = "ctvol-inplane-model"
+BUNDLED = pathlib.Path(__file__).with_name("bundled_inplane")
+#: Normalisations: the HU window (CT) or min-max of each input volume (microCT grey values).
+NORMS = ("window", "minmax")
+LOSSES = ("l1", "bce")
+
+
+def check_normalisation(norm: Any) -> dict[str, Any]:
+    """``"window"``, ``"minmax"`` or a dict → the normalisation record of a checkpoint."""
+    if isinstance(norm, str):
+        norm = {"kind": norm}
+    if not isinstance(norm, dict) or norm.get("kind") not in NORMS:
+        raise ValueError(f"normalisation must be one of {list(NORMS)} (or a dict with "
+                         f"'kind'), got {norm!r}")
+    out: dict[str, Any] = {"kind": norm["kind"]}
+    if norm["kind"] == "window":
+        lo, hi = (float(v) for v in norm.get("window", HU_WINDOW))
+        if not hi > lo:
+            raise ValueError(f"window must be (low, high) with high > low, got {(lo, hi)}")
+        out["window"] = [lo, hi]
+    return out
+
+
+class InplaneModel:
+    """A trained in-plane super-resolution network with its config.
+
+    Parameters
+    ----------
+    net : InplaneUNet
+    normalisation : "window", "minmax" or dict, default "window"
+        How grey values map to [0, 1]: ``{"kind": "window", "window": [lo, hi]}``
+        (HU clipped to the window, CT) or ``{"kind": "minmax"}`` (each input
+        volume's own minimum and maximum, microCT grey values).
+    loss : {"l1", "bce"}
+        The training loss (recorded).
+    provenance : dict, optional
+    """
+
+    def __init__(self, net: Any, *, normalisation: Any = "window", loss: str = "l1",
+                 provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        self.net = net.eval()
+        self.normalisation = check_normalisation(normalisation)
+        self.loss = loss
+        self.provenance = dict(provenance or {})
+        self.path = path
+        self._digest: str | None = None
+        self._device = "cpu"
+
+    @property
+    def factor(self) -> int:
+        """In-plane factor f: the model makes f·H × f·W slices from H × W."""
+        return int(self.net.factor)
+
+    @property
+    def residual(self) -> bool:
+        return bool(self.net.output == "residual")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "architecture": dict(self.net.config),
+                "factor": self.factor, "normalisation": dict(self.normalisation),
+                "loss": self.loss, "provenance": self.provenance}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the weights and config (cache key across worker processes)."""
+        if self._digest is None:
+            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+            for name, t in sorted(self.net.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def to(self, device: str) -> InplaneModel:
+        import torch
+
+        self.net.to(torch.device(device), memory_format=torch.channels_last)
+        self._device = device
+        return self
+
+    def predict(self, x: np.ndarray, *, batch_size: int = 8, amp: bool = False) -> np.ndarray:
+        """(n, H, W) float32 bilinear slices in [0, 1] → (n, H, W) float32 in [0, 1]."""
+        import torch
+
+        device = torch.device(self._device)
+        out = np.empty(x.shape, dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], batch_size):
+                t = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size, None]))
+                t = t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                if amp and device.type == "cuda":
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = self.net(t)
+                else:
+                    y = self.net(t)
+                out[s : s + batch_size] = y[:, 0].float().cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        a = self.net.config
+        return (f"<InplaneModel x{self.factor} depth={a['depth']} base={a['base']} "
+                f"output={a['output']} norm={self.normalisation['kind']} loss={self.loss} "
+                f"{self.path or '(in memory)'}>")
+
+
+def save_inplane_model(model: InplaneModel, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+    from safetensors.torch import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    model.path = str(out)
+    return out
+
+
+def bundled_inplane_models() -> dict[str, int]:
+    """Names of the in-plane models shipped with ctvol and their factors."""
+    found = {}
+    if BUNDLED.is_dir():
+        for cfg in sorted(BUNDLED.glob("*/config.json")):
+            found[cfg.parent.name] = int(json.loads(cfg.read_text())["factor"])
+    return found
+
+
+def load_inplane_model(name_or_path: str | os.PathLike[str]) -> InplaneModel:
+    """Load an in-plane checkpoint by bundled name or folder path (never unpickles).
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a bundled name nor a checkpoint folder; lists the bundled ones.
+    ValueError
+        The folder holds another kind of checkpoint (e.g. a reslice model).
+    """
+    from safetensors.torch import load_file
+
+    key = os.fspath(name_or_path)
+    folder = BUNDLED / key if key in bundled_inplane_models() else pathlib.Path(key)
+    if folder.is_file() and folder.name in ("config.json", "model.safetensors"):
+        folder = folder.parent
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        names = ", ".join(f"{n} (x{f})" for n, f in bundled_inplane_models().items())
+        raise FileNotFoundError(
+            f"no in-plane model {key!r}: not a bundled name and not a folder with config.json "
+            f"and model.safetensors. Bundled in-plane models: {names or 'none'}. Train one "
+            "with ctvol.train_inplane, or use method='bilinear'"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a ctvol in-plane model config (format "
+                         f"{cfg.get('format')!r}, expected {FORMAT!r})")
+    from .inplane_unet import InplaneUNet
+
+    net = InplaneUNet(**cfg["architecture"])
+    net.load_state_dict(load_file(str(weights)))
+    return InplaneModel(net, normalisation=cfg["normalisation"], loss=cfg.get("loss", "l1"),
+                        provenance=cfg.get("provenance"), path=str(folder))
