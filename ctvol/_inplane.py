@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,8 +30,6 @@ __all__ = ["bilinear", "bilinear_hu", "downsample_inplane", "inplane_block", "up
 
 METHODS = ("unet", "bilinear")
 
-_CACHE: dict[tuple[str, str], Any] = {}
-_LOCK = threading.Lock()
 
 
 def _check_factor(factor: Any) -> int:
@@ -94,26 +91,12 @@ def bilinear_hu(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
 
 
 def _model(source: Any, device: str) -> Any:
-    """The in-plane model for ``source`` (path/name or InplaneModel) on ``device``, cached.
-
-    One copy per worker process (as :func:`ctvol.inference` does for reslice models).
-    """
-    import copy
-
-    from .inference import _configure_torch_threads
+    """The in-plane model for ``source`` (path/name or InplaneModel) on ``device``, cached
+    once per worker process (:func:`ctvol.inference.cached_model`, as for reslice models)."""
+    from .inference import cached_model
     from .models.inplane import InplaneModel, load_inplane_model
 
-    key = (source.digest if isinstance(source, InplaneModel) else str(source), device)
-    with _LOCK:
-        model = _CACHE.get(key)
-        if model is None:
-            if not _CACHE:
-                _configure_torch_threads()
-            model = copy.deepcopy(source) if isinstance(source, InplaneModel) \
-                else load_inplane_model(source)
-            model = model.to(device)
-            _CACHE[key] = model
-    return model
+    return cached_model(source, device, InplaneModel, load_inplane_model)
 
 
 def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
