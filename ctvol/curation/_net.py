@@ -21,7 +21,6 @@ with air and resized to ``input_size`` (antialiased bilinear): the same
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -193,15 +192,9 @@ class SliceModel:
 
 def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from safetensors.torch import save_file
+    from ..models._checkpoint import write_checkpoint
 
-    out = pathlib.Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(model.config, indent=2))
-    model.path = str(out)
-    return out
+    return write_checkpoint(model, path)
 
 
 def load_slice_model(path: str | os.PathLike[str], *, task: str | None = None) -> SliceModel:
@@ -214,19 +207,19 @@ def load_slice_model(path: str | os.PathLike[str], *, task: str | None = None) -
     ValueError
         Not a slice-model checkpoint, or one for another task.
     """
-    from safetensors.torch import load_file
+    from ..models._checkpoint import load_weights, read_checkpoint
 
     folder = pathlib.Path(path)
     if folder.is_file():
         folder = folder.parent
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not (cfg_path.is_file() and weights.is_file()):
+    found = read_checkpoint(folder)
+    if found is None:
         raise FileNotFoundError(
             f"no slice model at {folder}: a checkpoint folder holds config.json and "
             "model.safetensors; train one with ctvol.curation.train_classifier / "
             "train_localizer"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a ctvol slice model (format {cfg.get('format')!r},"
                          f" expected {FORMAT!r}); reslice U-nets go to ctvol.reslice instead")
@@ -234,7 +227,7 @@ def load_slice_model(path: str | os.PathLike[str], *, task: str | None = None) -
         raise ValueError(f"{folder} is a {cfg['task']!r} model, but a {task!r} model is needed")
     arch = cfg["architecture"]
     net = slice_net(arch["outputs"], widths=arch["widths"], blocks=arch["blocks"])
-    net.load_state_dict(load_file(str(weights)))
+    net.load_state_dict(load_weights(cfg_path))
     return SliceModel(net, task=cfg["task"], classes=cfg["classes"],
                       input_size=cfg["input_size"], window=tuple(cfg["window"]),  # type: ignore[arg-type]
                       provenance=cfg.get("provenance"), path=str(folder))

@@ -121,8 +121,9 @@ class ResliceModel:
                 f"output={a['output']} {self.path or '(in memory)'}>")
 
 
-def save_model(model: ResliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
-    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+def write_checkpoint(model: Any, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write any ctvol model (``.net`` and ``.config``) as ``model.safetensors`` +
+    ``config.json`` into a folder; set ``model.path``. Shared by every model kind."""
     from safetensors.torch import save_file
 
     out = pathlib.Path(path)
@@ -134,13 +135,44 @@ def save_model(model: ResliceModel, path: str | os.PathLike[str]) -> pathlib.Pat
     return out
 
 
-def bundled_models() -> dict[str, int]:
-    """Names of the models shipped with ctvol and their factors."""
+def read_checkpoint(folder: pathlib.Path) -> tuple[dict[str, Any], pathlib.Path] | None:
+    """Config and config path of a checkpoint folder, or None when it is not one.
+
+    A path to one of the two files stands for its folder. Callers check
+    ``config["format"]`` before loading the weights (:func:`load_weights`).
+    """
+    if folder.is_file() and folder.name in ("config.json", "model.safetensors"):
+        folder = folder.parent
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    if not (cfg_path.is_file() and weights.is_file()):
+        return None
+    return json.loads(cfg_path.read_text()), cfg_path
+
+
+def load_weights(cfg_path: pathlib.Path) -> dict[str, Any]:
+    """The state dict next to a checkpoint's config (safetensors: never unpickled)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(cfg_path.with_name("model.safetensors")))
+
+
+def bundled_in(folder: pathlib.Path) -> dict[str, int]:
+    """Names and factors of the checkpoints in a folder of bundled models."""
     found = {}
-    if BUNDLED.is_dir():
-        for cfg in sorted(BUNDLED.glob("*/config.json")):
+    if folder.is_dir():
+        for cfg in sorted(folder.glob("*/config.json")):
             found[cfg.parent.name] = int(json.loads(cfg.read_text())["factor"])
     return found
+
+
+def save_model(model: ResliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
+    """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
+    return write_checkpoint(model, path)
+
+
+def bundled_models() -> dict[str, int]:
+    """Names of the models shipped with ctvol and their factors."""
+    return bundled_in(BUNDLED)
 
 
 def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
@@ -153,29 +185,25 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
     ValueError
         The folder is not a ctvol reslice checkpoint.
     """
-    from safetensors.torch import load_file
-
     from .unet import UNet
 
     key = os.fspath(name_or_path)
     folder = BUNDLED / key if key in bundled_models() else pathlib.Path(key)
-    if folder.is_file() and folder.name in ("config.json", "model.safetensors"):
-        folder = folder.parent
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not (cfg_path.is_file() and weights.is_file()):
+    found = read_checkpoint(folder)
+    if found is None:
         names = ", ".join(f"{n} (x{f})" for n, f in bundled_models().items()) or "none yet"
         raise FileNotFoundError(
             f"no reslice model {key!r}: not a bundled name and not a folder with config.json "
             f"and model.safetensors. Bundled models: {names}. Train one with `ctvol train`, "
             "or use method='linear'"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
         hint = ("; it is an in-plane model: load it with ctvol.load_inplane_model"
                 if cfg.get("format") == "ctvol-inplane-model" else "")
         raise ValueError(
             f"{cfg_path} is not a ctvol reslice model config (format {FORMAT!r}){hint}")
     net = UNet(**cfg["architecture"])
-    net.load_state_dict(load_file(str(weights)))
+    net.load_state_dict(load_weights(cfg_path))
     return ResliceModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]
-                        provenance=cfg.get("provenance"), path=str(folder))
+                        provenance=cfg.get("provenance"), path=str(cfg_path.parent))

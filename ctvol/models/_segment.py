@@ -15,8 +15,6 @@ A checkpoint is a folder, like the reslice models'::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pathlib
 from typing import Any
@@ -115,11 +113,9 @@ class SegmentModel:
     @property
     def digest(self) -> str:
         """SHA-256 of config and weights."""
-        h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-        for name, t in sorted(self.net.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        from ._checkpoint import weights_digest
+
+        return weights_digest(self.config, self.net)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """Probabilities (float32, same shape) for a block of slices along its first axis."""
@@ -141,15 +137,9 @@ class SegmentModel:
 
 def save_segmenter(model: SegmentModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from safetensors.torch import save_file
+    from ._checkpoint import write_checkpoint
 
-    out = pathlib.Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(model.config, indent=2))
-    model.path = str(out)
-    return out
+    return write_checkpoint(model, path)
 
 
 def load_segmenter(path: str | os.PathLike[str]) -> SegmentModel:
@@ -162,20 +152,19 @@ def load_segmenter(path: str | os.PathLike[str]) -> SegmentModel:
     ValueError
         The folder holds another kind of checkpoint.
     """
-    from safetensors.torch import load_file
+    from ._checkpoint import load_weights, read_checkpoint
 
-    folder = pathlib.Path(path)
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not (cfg_path.is_file() and weights.is_file()):
+    found = read_checkpoint(pathlib.Path(path))
+    if found is None:
         raise FileNotFoundError(
             f"no segmenter checkpoint at {os.fspath(path)!r}: expected a folder with "
             "config.json and model.safetensors (written by ctvol.models.save_segmenter)"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a ctvol segmenter config (format {FORMAT!r}, "
                          f"got {cfg.get('format')!r})")
     net = seg_net(**cfg["architecture"])
-    net.load_state_dict(load_file(str(weights)))
+    net.load_state_dict(load_weights(cfg_path))
     return SegmentModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]
-                        provenance=cfg.get("provenance"), path=str(folder))
+                        provenance=cfg.get("provenance"), path=str(cfg_path.parent))

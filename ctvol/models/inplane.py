@@ -20,8 +20,6 @@ them).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pathlib
 from typing import Any
@@ -108,11 +106,9 @@ class InplaneModel:
     def digest(self) -> str:
         """SHA-256 of the weights and config (cache key across worker processes)."""
         if self._digest is None:
-            h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
-            for name, t in sorted(self.net.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._digest = h.hexdigest()
+            from ._checkpoint import weights_digest
+
+            self._digest = weights_digest(self.config, self.net)
         return self._digest
 
     def to(self, device: str) -> InplaneModel:
@@ -149,24 +145,16 @@ class InplaneModel:
 
 def save_inplane_model(model: InplaneModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from safetensors.torch import save_file
+    from ._checkpoint import write_checkpoint
 
-    out = pathlib.Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(model.config, indent=2))
-    model.path = str(out)
-    return out
+    return write_checkpoint(model, path)
 
 
 def bundled_inplane_models() -> dict[str, int]:
     """Names of the in-plane models shipped with ctvol and their factors."""
-    found = {}
-    if BUNDLED.is_dir():
-        for cfg in sorted(BUNDLED.glob("*/config.json")):
-            found[cfg.parent.name] = int(json.loads(cfg.read_text())["factor"])
-    return found
+    from ._checkpoint import bundled_in
+
+    return bundled_in(BUNDLED)
 
 
 def load_inplane_model(name_or_path: str | os.PathLike[str]) -> InplaneModel:
@@ -179,27 +167,25 @@ def load_inplane_model(name_or_path: str | os.PathLike[str]) -> InplaneModel:
     ValueError
         The folder holds another kind of checkpoint (e.g. a reslice model).
     """
-    from safetensors.torch import load_file
+    from ._checkpoint import load_weights, read_checkpoint
 
     key = os.fspath(name_or_path)
     folder = BUNDLED / key if key in bundled_inplane_models() else pathlib.Path(key)
-    if folder.is_file() and folder.name in ("config.json", "model.safetensors"):
-        folder = folder.parent
-    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    if not (cfg_path.is_file() and weights.is_file()):
+    found = read_checkpoint(folder)
+    if found is None:
         names = ", ".join(f"{n} (x{f})" for n, f in bundled_inplane_models().items())
         raise FileNotFoundError(
             f"no in-plane model {key!r}: not a bundled name and not a folder with config.json "
             f"and model.safetensors. Bundled in-plane models: {names or 'none'}. Train one "
             "with ctvol.train_inplane, or use method='bilinear'"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a ctvol in-plane model config (format "
                          f"{cfg.get('format')!r}, expected {FORMAT!r})")
     from .inplane_unet import InplaneUNet
 
     net = InplaneUNet(**cfg["architecture"])
-    net.load_state_dict(load_file(str(weights)))
+    net.load_state_dict(load_weights(cfg_path))
     return InplaneModel(net, normalisation=cfg["normalisation"], loss=cfg.get("loss", "l1"),
-                        provenance=cfg.get("provenance"), path=str(folder))
+                        provenance=cfg.get("provenance"), path=str(cfg_path.parent))
