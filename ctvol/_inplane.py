@@ -297,7 +297,11 @@ def upsample_inplane(
         rng = rng.to_delayed().ravel()[0]
     source: Any = None
     if loaded is not None:
-        source = loaded.path or dask.delayed(loaded)  # a path travels light; else one key
+        from .inference import graph_model, remember_model
+        from .models.inplane import InplaneModel
+
+        source = graph_model(loaded, "inplane")  # a path travels light; else one key
+        remember_model(source, dev, InplaneModel, loaded)
     ny, nx = hu.shape[1:]
     gpu = method == "unet" and _cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():

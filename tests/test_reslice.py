@@ -302,3 +302,43 @@ def test_spacing_plan_with_bundled_models() -> None:
     ds = _volume(n=3, dz=4.0, shape=(32, 32))
     out = ctvol.reslice(ds, spacing=2.0)  # the paper's example: x4, keep every 2nd
     assert (out.attrs["reslice"]["factor"], out.attrs["reslice"]["keep_every"]) == (4, 2)
+
+
+def test_path_checkpoint_loaded_once_on_threads(tmp_path: pathlib.Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """reslice loads the checkpoint to check its factor; tasks on the threaded
+    scheduler reuse that copy instead of reading the file again."""
+    import dask
+
+    from ctvol.models import _checkpoint
+
+    save_model(tiny_model(3, seed=11), tmp_path / "m")
+    calls: list[str] = []
+    real = _checkpoint.load_weights
+    monkeypatch.setattr(_checkpoint, "load_weights",
+                        lambda p: calls.append(str(p)) or real(p))
+    with dask.config.set(scheduler="threads"):
+        a = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m")).hu.values
+    assert len(calls) == 1, calls
+    # Rewritten in place (a new training run): loaded again, not served stale.
+    save_model(tiny_model(3, seed=12), tmp_path / "m")
+    with dask.config.set(scheduler="threads"):
+        b = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m")).hu.values
+    assert len(calls) == 2
+    expected = ctvol.reslice(_volume(n=9, chunks=2), 3, model=tiny_model(3, seed=12)).hu.values
+    np.testing.assert_array_equal(b, expected)
+    assert not np.array_equal(a, b)
+
+
+def test_in_memory_model_graph_key_is_its_digest() -> None:
+    """An in-memory model is one graph key named by its weights digest: the same
+    model gives the same graph (so results cache and a Client ships it once),
+    other weights give another."""
+    ds = _volume(n=5, chunks=2)
+    m = tiny_model(3, seed=1)
+    g1 = ctvol.reslice(ds, 3, model=m).hu.data
+    g2 = ctvol.reslice(ds, 3, model=tiny_model(3, seed=1)).hu.data
+    g3 = ctvol.reslice(ds, 3, model=tiny_model(3, seed=2)).hu.data
+    assert g1.name == g2.name and g1.name != g3.name
+    keys = {str(k) for k in dict(g1.__dask_graph__())}
+    assert f"reslice-model-{m.digest}" in keys

@@ -78,7 +78,9 @@ def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,
     if model is not None:
         # Checkpoints travel as their path (loaded once per worker process); an
         # in-memory model as one shared graph key.
-        args += [model if isinstance(model, str) else dask.delayed(model), None]
+        from ..inference import graph_model
+
+        args += [model if isinstance(model, str) else graph_model(model, "slice"), None]
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
         return da.blockwise(
             func, "zc", *args, new_axes={"c": outputs}, concatenate=True,
