@@ -45,6 +45,7 @@ __all__ = [
     "train_localizer",
     "upsample_inplane",
     "write",
+    "write_many",
 ]
 
 _LAZY = {
@@ -64,6 +65,7 @@ _LAZY = {
     "open_cohort": "ctvol.io.store",
     "open_series": "ctvol.io.store",
     "write": "ctvol.io.store",
+    "write_many": "ctvol.io.store",
     "classify_slices": "ctvol.curation",
     "curate": "ctvol.curation",
     "curate_store": "ctvol.curation",
@@ -95,7 +97,7 @@ if TYPE_CHECKING:
         train_classifier,
         train_localizer,
     )
-    from .io.store import catalog, list_series, open_cohort, open_series, write
+    from .io.store import catalog, list_series, open_cohort, open_series, write, write_many
     from .models import load_inplane_model, load_model
     from .training.inplane import train_inplane
     from .training.loop import train

@@ -196,7 +196,7 @@ def _reslice_params(opts: dict[str, Any]) -> dict[str, Any]:
 
 def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
     import ctvol
-    from ctvol.errors import CtvolError, StoreWriteError
+    from ctvol.errors import CtvolError
 
     opts = dict(cfg["reslice"])
     out = opts.pop("output")
@@ -210,6 +210,8 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     except (FileNotFoundError, CtvolError):
         pass
     slices = made = 0
+    todo: dict[str, Any] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for key in ctvol.list_series(cfg["store"]):
         ds = ctvol.open_series(cfg["store"], key)
         stamp = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
@@ -229,16 +231,25 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
                                  method=opts.get("method", "unet"), model=opts.get("model"),
                                  batch_size=opts.get("batch_size", 16),
                                  device=opts.get("device"))
-            fine.attrs["ctvol_run"] = stamp
-            ctvol.write(fine, out, key, compressor=compressor, progress=progress)
-        except StoreWriteError:
-            raise  # the output cannot take more (disk full, permissions): stop the run
         except (CtvolError, ValueError, FileNotFoundError) as exc:
             summary.series.append({"stage": "reslice", "series": key, "status": "failed",
                                    "reason": str(exc)})
             continue
-        slices += int(ds.sizes["z"])
-        made += int(fine.sizes["z"])
+        fine.attrs["ctvol_run"] = stamp
+        todo[key] = fine
+        sizes[key] = (int(ds.sizes["z"]), int(fine.sizes["z"]))
+    # All series at once: on a Client their blocks run concurrently and each is
+    # flagged complete when its own blocks finish. StoreWriteError (disk full,
+    # permissions) stops the run; any other failure skips only its series.
+    outcome = ctvol.write_many(todo, out, compressor=compressor, progress=progress,
+                               errors="collect")
+    for key, err in outcome.items():
+        if err is not None:
+            summary.series.append({"stage": "reslice", "series": key, "status": "failed",
+                                   "reason": f"{type(err).__name__}: {err}"})
+            continue
+        slices += sizes[key][0]
+        made += sizes[key][1]
         summary.series.append({"stage": "reslice", "series": key, "status": "done",
                                "reason": ""})
     summary.stages[-1].update(slices=slices, output_slices=made)

@@ -263,3 +263,78 @@ def test_worker_killed_mid_reslice_gives_the_same_output(tmp_path: pathlib.Path)
     assert os.path.exists(flag), "no worker was killed: the test did not test anything"
     np.testing.assert_array_equal(ctvol.open_series(tmp_path / "out.zarr", "s").hu.values,
                                   ctvol.open_series(tmp_path / "ref.zarr", "s").hu.values)
+
+
+def _series(n: int, seed: int) -> object:
+    import xarray as xr
+
+    from ctvol.testing import head_phantom
+
+    hu = head_phantom((n, 48, 48), seed=seed)
+    return xr.Dataset({"hu": (("z", "y", "x"), hu)}, coords={"z": 3.0 * np.arange(n)},
+                      attrs={"series_uid": f"7.{seed}"}).chunk({"z": 4})
+
+
+def _broken(n: int, seed: int) -> object:
+    """A series whose graph fails in one block (as a corrupt input chunk would)."""
+    ds = _series(n, seed)
+
+    def fail(b: np.ndarray, block_info: object = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] == 1:  # type: ignore[index]
+            raise ValueError("block 1 cannot be read")
+        return b
+
+    return ds.assign(hu=ds.hu.copy(data=ds.hu.data.map_blocks(fail, dtype=ds.hu.dtype)))
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "local"])
+def test_write_many_collects_failures_and_flags_only_whole_series(
+        tmp_path: pathlib.Path, scheduler: str) -> None:
+    from ctvol._compute import scheduler_context
+
+    series = {"a": ctvol.reslice(_series(9, 1), 3, method="linear"),
+              "bad": ctvol.reslice(_broken(9, 2), 3, method="linear"),
+              "b": ctvol.reslice(_series(7, 3), 3, method="linear")}
+    with scheduler_context(scheduler, 2):
+        outcome = ctvol.write_many(series, tmp_path / "out.zarr", errors="collect")
+        with pytest.raises(ValueError, match="block 1 cannot be read"):
+            ctvol.write_many({"bad": series["bad"]}, tmp_path / "other.zarr")
+    assert outcome["a"] is None and outcome["b"] is None
+    assert isinstance(outcome["bad"], ValueError)
+    assert ctvol.list_series(tmp_path / "out.zarr") == ["a", "b"]  # "bad" never visible
+    for key in ("a", "b"):
+        np.testing.assert_array_equal(ctvol.open_series(tmp_path / "out.zarr", key).hu.values,
+                                      series[key].hu.values)
+
+
+def test_write_many_runs_series_concurrently_on_a_client(tmp_path: pathlib.Path) -> None:
+    """On a Client the series' blocks are submitted together: with two workers,
+    blocks of different series run at the same time (written one after another,
+    the one-block series below could never overlap)."""
+    import xarray as xr
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from ctvol.testing import head_phantom
+
+    series = {}
+    for i in range(4):  # one 32-slice shard each: one write task per series
+        hu = head_phantom((32, 96, 96), seed=i)
+        series[f"s{i}"] = xr.Dataset({"hu": (("z", "y", "x"), hu)},
+                                     coords={"z": 1.0 * np.arange(32)}).chunk({"z": 32})
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                       dashboard_address=":0") as cluster, Client(cluster),
+          get_task_stream() as ts):
+        ctvol.write_many(series, tmp_path / "out.zarr")
+    spans: dict[str, tuple[float, float]] = {}
+    for t in ts.data:
+        name = str(t["key"])
+        for key in series:
+            if f"ctvol-write-{key}-" in name:
+                (s0, s1), = [(x["start"], x["stop"]) for x in t["startstops"]
+                             if x["action"] == "compute"]
+                spans[key] = (min(s0, spans.get(key, (s0, s1))[0]),
+                              max(s1, spans.get(key, (s0, s1))[1]))
+    assert sorted(spans) == sorted(series)
+    ordered = sorted(spans.values())
+    assert any(b[0] < a[1] for a, b in zip(ordered, ordered[1:], strict=False)), spans
+    assert ctvol.list_series(tmp_path / "out.zarr") == sorted(series)

@@ -42,6 +42,7 @@ __all__ = [
     "open_cohort",
     "open_series",
     "write",
+    "write_many",
 ]
 
 FORMAT_VERSION = 1
@@ -515,55 +516,199 @@ def write(
     -------
     str
         The key.
-    """
-    import dask.array as da
 
+    Raises
+    ------
+    StoreWriteError
+        The store cannot take the write (disk full, permission denied,
+        read-only); names the store, the series and the path.
+
+    See Also
+    --------
+    write_many : several series at once, concurrently on a Client.
+    """
     from .._compute import compute
 
-    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
-        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
+    root = _writable_root(store, key, storage_options)
+    done = _plan_write(ds, store, key, compressor=compressor, storage_options=storage_options,
+                       root=root)
     try:
-        root = open_store(store, create=True, storage_options=storage_options)
-        root.require_group("series")
-        hu = ds["hu"].data
-        if not isinstance(hu, da.Array):
-            hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))
-        # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
-        zc = max(hu.chunks[0][0], 1)
-        hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
-        hu = hu.astype(np.int16)
-        # Metadata and coordinates through xarray, with a placeholder for hu ...
-        skeleton = ds.drop_vars("hu").assign(
-            hu=(("z", "y", "x"), da.zeros(hu.shape, dtype=np.int16, chunks=hu.chunks),
-                ds["hu"].attrs))
-        skeleton = skeleton.assign_coords(
-            {n: c.compute() for n, c in skeleton.coords.items() if c.chunks is not None})
-        skeleton.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
-        rows, cols = hu.shape[1:]
-        encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
-                                           "shards": (SHARD_SLICES, rows, cols),
-                                           "compressors": hu_codec(compressor)}}
-        for name, var in skeleton.coords.items():
-            if var.dims == ("z",):
-                encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
-        so = dict(storage_options or {}) or None
-        skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
-                         consolidated=False, compute=False, encoding=encoding, storage_options=so)
-        # ... then pixels block by block, each task writing its own whole shards. A
-        # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
-        # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
-        done = da.map_blocks(
-            _write_block, hu, store=_url(store), path=f"series/{key}/hu", storage_options=so,
-            chunks=(hu.chunks[0], (1,), (1,)), dtype=np.int8, meta=np.empty((0, 0, 0), np.int8),
-            token="ctvol-write",
-        )
         compute([done], progress=progress)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise
         raise _write_error(exc, store, key) from exc
-    _open_root(_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
+    _mark_complete(store, key, storage_options)
     return key
+
+
+def write_many(
+    series: Mapping[str, xr.Dataset],
+    store: str | os.PathLike[str],
+    *,
+    compressor: str | Any = "lz4",
+    progress: bool = False,
+    errors: str = "raise",
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Exception | None]:
+    """Write several volumes into a cohort store; concurrently on a Client.
+
+    Every series is written as by :func:`write` (its ``complete`` flag last,
+    so a series is visible only once all of it is written). On a
+    ``distributed`` Client all series' graphs are submitted together, so the
+    workers stay busy across series boundaries (a cohort of short series
+    does not idle at the tail of each one), and each series is flagged
+    complete as soon as its own blocks finish. Without a Client (threads),
+    series are written one after another, each in parallel over its blocks.
+
+    Parameters
+    ----------
+    series : mapping of key -> xarray.Dataset
+    store : path or URL
+        A cohort store (created if absent, before anything is computed).
+    errors : {"raise", "collect"}, default "raise"
+        ``"collect"``: a series whose graph fails (a bad input block, a model
+        error) is left invisible and its exception returned; the others are
+        written. A store that cannot take writes (:class:`StoreWriteError`)
+        always raises, after cancelling what is still pending.
+
+    Returns
+    -------
+    dict
+        key -> None (written) or the exception that stopped that series.
+    """
+    from .._compute import active_client, compute
+
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    outcome: dict[str, Exception | None] = {}
+    if not series:
+        return outcome
+    first = next(iter(series))
+    root = _writable_root(store, first, storage_options)
+    plans = {key: _plan_write(ds, store, key, compressor=compressor,
+                              storage_options=storage_options, root=root)
+             for key, ds in series.items()}
+    client = active_client()
+    if client is None:
+        for key, done in plans.items():
+            try:
+                compute([done], progress=progress)
+            except OSError as exc:
+                if exc.errno in _WRITE_ERRNOS:
+                    raise _write_error(exc, store, key) from exc
+                if errors == "raise":
+                    raise
+                outcome[key] = exc
+                continue
+            except Exception as exc:
+                if errors == "raise":
+                    raise
+                outcome[key] = exc
+                continue
+            _mark_complete(store, key, storage_options)
+            outcome[key] = None
+        return outcome
+
+    from distributed import as_completed
+
+    # optimize_graph=False keeps task annotations (reslice's GPU resource).
+    futures = client.compute(list(plans.values()), optimize_graph=False)
+    keys = {f.key: key for f, key in zip(futures, plans, strict=True)}
+    if progress:
+        from distributed import progress as dprogress
+
+        dprogress(futures)
+    try:
+        for fut in as_completed(futures):
+            key = keys[fut.key]
+            if fut.status == "error":
+                err = fut.exception()
+                if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+                    raise _write_error(err, store, key) from err
+                if errors == "raise":
+                    raise err
+                outcome[key] = err
+                continue
+            _mark_complete(store, key, storage_options)
+            outcome[key] = None
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return {key: outcome[key] for key in plans}
+
+
+def _writable_root(store: str | os.PathLike[str], key: str,
+                   storage_options: Mapping[str, Any] | None) -> Any:
+    """The store's root group, created with its ``series`` group if absent."""
+    try:
+        root = open_store(store, create=True, storage_options=storage_options)
+        root.require_group("series")
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(exc, store, key) from exc
+    return root
+
+
+def _mark_complete(store: str | os.PathLike[str], key: str,
+                   storage_options: Mapping[str, Any] | None) -> None:
+    try:
+        _open_root(_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(exc, store, key) from exc
+
+
+def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
+                compressor: str | Any, storage_options: Mapping[str, Any] | None,
+                root: Any) -> Any:
+    """Write the series' metadata and coordinates (replacing any series ``key``,
+    not flagged complete) and return the lazy pixel writes: one task per
+    whole-shard block, each returning a tiny marker array."""
+    import dask.array as da
+
+    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
+        raise ValueError(f"series {key}: ds must hold 'hu' with dims ('z', 'y', 'x') "
+                         "(docs/storage.md)")
+    hu = ds["hu"].data
+    if not isinstance(hu, da.Array):
+        hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))
+    # Whole shards per task: no two tasks ever write into one shard (zarr-python#3682).
+    zc = max(hu.chunks[0][0], 1)
+    hu = hu.rechunk({0: SHARD_SLICES * -(-zc // SHARD_SLICES), 1: -1, 2: -1})
+    hu = hu.astype(np.int16)
+    # Metadata and coordinates through xarray, with a placeholder for hu ...
+    skeleton = ds.drop_vars("hu").assign(
+        hu=(("z", "y", "x"), da.zeros(hu.shape, dtype=np.int16, chunks=hu.chunks),
+            ds["hu"].attrs))
+    skeleton = skeleton.assign_coords(
+        {n: c.compute() for n, c in skeleton.coords.items() if c.chunks is not None})
+    skeleton.attrs = {a: v for a, v in ds.attrs.items() if a != "complete"}
+    rows, cols = hu.shape[1:]
+    encoding: dict[str, Any] = {"hu": {"chunks": (1, rows, cols),
+                                       "shards": (SHARD_SLICES, rows, cols),
+                                       "compressors": hu_codec(compressor)}}
+    for name, var in skeleton.coords.items():
+        if var.dims == ("z",):
+            encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
+    so = dict(storage_options or {}) or None
+    try:
+        skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
+                         consolidated=False, compute=False, encoding=encoding,
+                         storage_options=so)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(exc, store, key) from exc
+    # ... then pixels block by block, each task writing its own whole shards. A
+    # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
+    # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
+    return da.map_blocks(
+        _write_block, hu, store=_url(store), path=f"series/{key}/hu", storage_options=so,
+        chunks=(hu.chunks[0], (1,), (1,)), dtype=np.int8, meta=np.empty((0, 0, 0), np.int8),
+        token=f"ctvol-write-{key}",
+    )
 
 
 #: Write failures that mean "the output cannot take this": disk full, quota,
