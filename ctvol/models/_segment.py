@@ -35,50 +35,11 @@ def seg_net(*, depth: int = 2, base: int = 8) -> Any:
     down, transposed convolution up, skip connections. Inputs are padded
     (replicate) to a multiple of ``2**depth`` and cropped back.
     """
-    import torch
-    from torch import nn
+    from .unet import UNetCore
 
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                             nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-                             nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-    class SegNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.config = {"depth": int(depth), "base": int(base)}
-            chans = [base * 2**i for i in range(depth + 1)]
-            self.down = nn.ModuleList()
-            cin = 1
-            for c in chans[:-1]:
-                self.down.append(block(cin, c))
-                cin = c
-            self.bottom = block(chans[-2], chans[-1])
-            self.up = nn.ModuleList(nn.ConvTranspose2d(hi, lo, 2, stride=2)
-                                    for hi, lo in zip(reversed(chans[1:]), reversed(chans[:-1]),
-                                                      strict=True))
-            self.dec = nn.ModuleList(block(2 * c, c) for c in reversed(chans[:-1]))
-            self.head = nn.Conv2d(chans[0], 1, 1)
-            self.pool = nn.MaxPool2d(2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h, w = x.shape[-2:]
-            m = 2**depth
-            ph, pw = (-h) % m, (-w) % m
-            if ph or pw:
-                x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-            skips = []
-            for b in self.down:
-                x = b(x)
-                skips.append(x)
-                x = self.pool(x)
-            x = self.bottom(x)
-            for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-                x = dec(torch.cat([up(x), skip], dim=1))
-            return self.head(x)[..., :h, :w]
-
-    return SegNet()
+    net = UNetCore(1, 1, depth, base, "batch")  # logits out: forward = features
+    net.config = {"depth": int(depth), "base": int(base)}
+    return net
 
 
 class SegmentModel:

@@ -12,17 +12,14 @@ returns the bilinear slice exactly. ``"sigmoid"`` maps straight to [0, 1]
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import nn
 
-from .unet import _block
+from .unet import UNetCore
 
 __all__ = ["InplaneUNet"]
 
 
-class InplaneUNet(nn.Module):
+class InplaneUNet(UNetCore):
     """(n, 1, H, W) bilinear slices in [0, 1] -> (n, 1, H, W) slices in [0, 1].
 
     Parameters
@@ -41,53 +38,18 @@ class InplaneUNet(nn.Module):
 
     def __init__(self, factor: int, depth: int = 4, base: int = 16, norm: str = "batch",
                  output: str = "residual") -> None:
-        super().__init__()
-        if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
         if output not in ("sigmoid", "residual"):
             raise ValueError(f"output must be 'sigmoid' or 'residual', got {output!r}")
-        self.config: dict[str, Any] = {"factor": int(factor), "depth": int(depth),
+        super().__init__(1, 1, depth, base, norm)
+        self.config = {"factor": int(factor), "depth": int(depth),
                                        "base": int(base), "norm": norm, "output": output}
-        self.factor, self.depth, self.output = int(factor), int(depth), output
-        chans = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList()
-        cin = 1
-        for c in chans[:-1]:
-            self.down.append(_block(cin, c, norm))
-            cin = c
-        self.bottom = _block(chans[-2], chans[-1], norm)
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        for c_hi, c in zip(reversed(chans[1:]), reversed(chans[:-1]), strict=True):
-            self.up.append(nn.ConvTranspose2d(c_hi, c, 2, stride=2))
-            self.dec.append(_block(2 * c, c, norm))
-        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.factor, self.output = int(factor), output
         if output == "residual":
-            nn.init.zeros_(self.head.weight)
-            assert self.head.bias is not None
-            nn.init.zeros_(self.head.bias)
-        self.pool = nn.MaxPool2d(2)
-
-    @property
-    def multiple(self) -> int:
-        """Inputs are padded to a multiple of this (pixels)."""
-        return int(2**self.depth)
+            self.zero_head()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, 1, H, W) in [0, 1] -> (n, 1, H, W) in [0, 1]."""
-        h, w = x.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
-        y = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-        skips = []
-        for block in self.down:
-            y = block(y)
-            skips.append(y)
-            y = self.pool(y)
-        y = self.bottom(y)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            y = dec(torch.cat([up(y), skip], dim=1))
-        y = self.head(y)[..., :h, :w]
+        y = self.features(x)
         if self.output == "sigmoid":
             return torch.sigmoid(y)
         return (x + y).clamp(0.0, 1.0)

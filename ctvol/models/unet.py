@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["UNet", "linear_between"]
+__all__ = ["UNet", "UNetCore", "linear_between"]
 
 
 def linear_between(pair: torch.Tensor, k: int) -> torch.Tensor:
@@ -37,7 +37,72 @@ def _block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class UNet(nn.Module):
+class UNetCore(nn.Module):
+    """The shared encoder-decoder: ``cin`` channels in, ``cout`` raw channels out.
+
+    ``depth`` levels of :func:`_block` (two 3x3 convolutions, normalisation,
+    ReLU), max-pool down, transposed convolution up, skip connections, a 1x1
+    head. :meth:`features` pads the input (replicate) to a multiple of
+    ``2**depth`` and crops the head's output back. The reslice, in-plane and
+    segmentation networks are this core with their own input/output mapping;
+    parameter names (``down``, ``bottom``, ``up``, ``dec``, ``head``) are part
+    of every checkpoint's format.
+    """
+
+    def __init__(self, cin: int, cout: int, depth: int = 4, base: int = 16,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        if norm not in ("batch", "instance", "none"):
+            raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
+        self.depth = int(depth)
+        self.config: dict[str, Any] = {"depth": int(depth), "base": int(base), "norm": norm}
+        chans = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        c_in = cin
+        for c in chans[:-1]:
+            self.down.append(_block(c_in, c, norm))
+            c_in = c
+        self.bottom = _block(chans[-2], chans[-1], norm)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for c_hi, c in zip(reversed(chans[1:]), reversed(chans[:-1]), strict=True):
+            self.up.append(nn.ConvTranspose2d(c_hi, c, 2, stride=2))
+            self.dec.append(_block(2 * c, c, norm))
+        self.head = nn.Conv2d(chans[0], cout, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    @property
+    def multiple(self) -> int:
+        """Inputs are padded to a multiple of this (pixels)."""
+        return int(2**self.depth)
+
+    def zero_head(self) -> None:
+        """Zero the head: a residual network then starts exactly at its baseline."""
+        nn.init.zeros_(self.head.weight)
+        assert self.head.bias is not None
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, cin, H, W) -> (n, cout, H, W): the head's raw output, any H and W."""
+        h, w = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        y = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+        skips = []
+        for block in self.down:
+            y = block(y)
+            skips.append(y)
+            y = self.pool(y)
+        y = self.bottom(y)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            y = dec(torch.cat([up(y), skip], dim=1))
+        return self.head(y)[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class UNet(UNetCore):
     """2-D U-net mapping a slice pair to the ``factor - 1`` slices between.
 
     Parameters
@@ -55,55 +120,20 @@ class UNet(nn.Module):
 
     def __init__(self, factor: int, depth: int = 4, base: int = 16, norm: str = "batch",
                  output: str = "sigmoid") -> None:
-        super().__init__()
-        if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
         if output not in ("sigmoid", "residual"):
             raise ValueError(f"output must be 'sigmoid' or 'residual', got {output!r}")
-        self.config: dict[str, Any] = {"factor": int(factor), "depth": int(depth),
+        super().__init__(2, int(factor) - 1, depth, base, norm)
+        self.config = {"factor": int(factor), "depth": int(depth),
                                        "base": int(base), "norm": norm, "output": output}
-        self.factor, self.depth, self.output = int(factor), int(depth), output
-        chans = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList()
-        cin = 2
-        for c in chans[:-1]:
-            self.down.append(_block(cin, c, norm))
-            cin = c
-        self.bottom = _block(chans[-2], chans[-1], norm)
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        for c_hi, c in zip(reversed(chans[1:]), reversed(chans[:-1]), strict=True):
-            self.up.append(nn.ConvTranspose2d(c_hi, c, 2, stride=2))
-            self.dec.append(_block(2 * c, c, norm))
-        self.head = nn.Conv2d(chans[0], factor - 1, 1)
+        self.factor, self.output = int(factor), output
         if output == "residual":
             # Start exactly at the baseline: an untrained residual model is the
             # linear interpolation, and training can only move away from it.
-            nn.init.zeros_(self.head.weight)
-            assert self.head.bias is not None
-            nn.init.zeros_(self.head.bias)
-        self.pool = nn.MaxPool2d(2)
-
-    @property
-    def multiple(self) -> int:
-        """Inputs are padded to a multiple of this (pixels)."""
-        return int(2**self.depth)
+            self.zero_head()
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         """(n, 2, H, W) in [0, 1] -> (n, factor-1, H, W) in [0, 1]."""
-        h, w = pair.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
-        x = nn.functional.pad(pair, (0, pw, 0, ph), mode="replicate") if ph or pw else pair
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottom(x)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            x = dec(torch.cat([up(x), skip], dim=1))
-        x = self.head(x)[..., :h, :w]
+        x = self.features(pair)
         if self.output == "sigmoid":
             return torch.sigmoid(x)
         return (linear_between(pair, self.factor) + x).clamp(0.0, 1.0)
