@@ -19,11 +19,7 @@ continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import pathlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +27,6 @@ import numpy as np
 
 __all__ = ["InplanePairs", "train_inplane"]
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_psnr_unet", "val_ssim_unet",
-               "val_psnr_bilinear", "val_ssim_bilinear", "seconds"]
 LOSSES = ("l1", "bce")
 #: Slices left out between the training and validation z-blocks of one series.
 GUARD = 6
@@ -350,34 +344,24 @@ def train_inplane(
         ``out`` holds a checkpoint and ``resume`` is False.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from .._inplane import _check_factor
     from ..inference import resolve_device
     from ..models.inplane import InplaneModel, load_inplane_model, save_inplane_model
     from ..models.inplane_unet import InplaneUNet
-    from .augment import random_affine
-    from .loop import _load_state, _metrics, _save_state
+    from ._engine import Kind, check_out, fit, resume_from
 
     f = _check_factor(factor)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-    out_dir = pathlib.Path(out)
-    last = out_dir / "last"
-    if (last / "config.json").exists():
-        have = json.loads((last / "config.json").read_text())
-        if have.get("format") != "ctvol-inplane-model" or int(have["factor"]) != f:
-            raise ValueError(f"{out_dir} holds a checkpoint of another kind or factor "
-                             f"({have.get('format')}, x{have.get('factor')}); choose another "
-                             "output folder")
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds a checkpoint (epoch "
-                f"{json.loads((last / 'train_state.json').read_text())['epoch']}); "
-                "pass resume=True to continue it, or choose another folder")
-    elif resume:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {last}")
 
+    def mismatch(have: dict[str, Any]) -> str | None:
+        if have.get("format") != "ctvol-inplane-model" or int(have["factor"]) != f:
+            return (f"holds a checkpoint of another kind or factor ({have.get('format')}, "
+                    f"x{have.get('factor')})")
+        return None
+
+    out_dir = check_out(out, resume, mismatch, "resume=True")
     dev = resolve_device(device)
     common = {"hr": hr, "lr": lr, "crop": crop, "normalisation": norm,
               "val_fraction": val_fraction, "guard": guard}
@@ -391,9 +375,7 @@ def train_inplane(
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     start, best = 0, float("inf")
     if resume:
-        net.load_state_dict(load_inplane_model(last).net.state_dict())
-        meta = _load_state(last, optimizer)
-        start, best = int(meta["epoch"]), float(meta["best_val_loss"])
+        start, best = resume_from(out_dir / "last", net, optimizer, load_inplane_model)
     aug_kw = augment if isinstance(augment, dict) else {}
     provenance = {
         "store": str(store), "hr": _keys(hr), "lr": _keys(lr),
@@ -405,64 +387,12 @@ def train_inplane(
         "training_slices": {k: list(v) for k, v in train_set.ranges.items()},
         "validation_slices": {k: list(v) for k, v in val_set.ranges.items()},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.csv"
-    if not resume or not log_path.exists():
-        with open(log_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(LOG_COLUMNS)
-
-    def loader(ds: Any, epoch: int, shuffle: bool) -> Any:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          num_workers=num_workers, pin_memory=dev.startswith("cuda"))
-
     model = InplaneModel(net, normalisation=train_set.normalisation, loss=loss,
                          provenance=provenance)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        net.train()
-        train_set.set_epoch(epoch)
-        aug_gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
-        losses = []
-        for x, y in loader(train_set, epoch, shuffle=True):
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            if augment:
-                x, y = random_affine(x, y, generator=aug_gen, **aug_kw)
-            x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev == "cuda"):
-                batch_loss = _loss(net(x).float(), y, loss)
-            batch_loss.backward()
-            optimizer.step()
-            losses.append(float(batch_loss.detach()))
-        net.eval()
-        vl, preds, lins, targets = [], [], [], []
-        with torch.inference_mode():
-            for x, y in loader(val_set, 0, shuffle=False):
-                p = net(x.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
-                vl.append(float(_loss(p, y, loss)) * len(y))
-                preds.append(p.numpy())
-                lins.append(x.numpy())
-                targets.append(y.numpy())
-        pred, lin, tgt = (np.concatenate(a) for a in (preds, lins, targets))
-        psnr_u, ssim_u = _metrics(pred, tgt)
-        psnr_b, ssim_b = _metrics(lin, tgt)
-        val_loss = float(np.sum(vl) / len(tgt))
-        row = [epoch + 1, float(np.mean(losses)), val_loss, psnr_u, ssim_u, psnr_b, ssim_b,
-               round(time.perf_counter() - t0, 2)]
-        with open(log_path, "a", newline="") as fh:
-            csv.writer(fh).writerow(row)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: train {row[1]:.5f} val {val_loss:.5f} | "
-                  f"PSNR unet {psnr_u:.2f} bilinear {psnr_b:.2f} | SSIM unet {ssim_u:.4f} "
-                  f"bilinear {ssim_b:.4f} | {row[-1]} s", flush=True)
-        model.provenance.update({"epochs": epoch + 1, "val_loss": val_loss,
-                                 "val_psnr_unet": psnr_u, "val_psnr_bilinear": psnr_b,
-                                 "val_ssim_unet": ssim_u, "val_ssim_bilinear": ssim_b})
-        if val_loss < best:
-            best = val_loss
-            save_inplane_model(model, out_dir / "best")
-        _save_state(last, model, optimizer, {"epoch": epoch + 1, "best_val_loss": best})
-    return load_inplane_model(last)
-
+    kind = Kind(loss=lambda p, t: _loss(p.float(), t, loss), baseline="bilinear",
+                baseline_of=lambda x: x.numpy(), save=save_inplane_model,
+                loss_per_sample=True, digits=5)
+    fit(kind, model, optimizer, train_set, val_set, out_dir=out_dir, start=start, best=best,
+        epochs=epochs, resume=resume, augment=aug_kw if augment else None, seed=seed,
+        batch_size=batch_size, num_workers=num_workers, dev=dev, amp=amp, progress=progress)
+    return load_inplane_model(out_dir / "last")

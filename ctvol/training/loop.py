@@ -14,70 +14,13 @@ uninterrupted one (tested: 2 epochs straight == 1 + resume 1 on CPU).
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import pathlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from ._engine import Kind, check_out, fit, resume_from
 
 __all__ = ["train"]
-
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_psnr_unet", "val_ssim_unet",
-               "val_psnr_linear", "val_ssim_linear", "seconds"]
-
-
-def _save_state(folder: pathlib.Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    from ..models import save_model
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    save_model(model, tmp)
-    opt = optimizer.state_dict()
-    tensors = {f"{i}.{name}": v.detach().cpu().contiguous()
-               for i, s in opt["state"].items() for name, v in s.items()}
-    save_file(tensors, str(tmp / "train_state.safetensors"))
-    (tmp / "train_state.json").write_text(json.dumps(
-        {**state, "param_groups": opt["param_groups"]}, indent=2))
-    # Replace the previous checkpoint only once the new one is complete.
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        folder.rename(old)
-        tmp.rename(folder)
-        for p in old.iterdir():
-            p.unlink()
-        old.rmdir()
-    else:
-        tmp.rename(folder)
-
-
-def _load_state(folder: pathlib.Path, optimizer: Any) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / "train_state.json").read_text())
-    tensors = load_file(str(folder / "train_state.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        i, key = name.split(".", 1)
-        state.setdefault(int(i), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta
-
-
-def _metrics(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Mean PSNR and SSIM (scikit-image, data range 1.0) over target slices."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnr, ssim = [], []
-    for p, t in zip(pred.reshape(-1, *pred.shape[-2:]), target.reshape(-1, *target.shape[-2:]),
-                    strict=True):
-        psnr.append(peak_signal_noise_ratio(t, p, data_range=1.0))
-        ssim.append(structural_similarity(t, p, data_range=1.0))
-    return float(np.mean(psnr)), float(np.mean(ssim))
 
 
 def _slices_used(ds: Any) -> dict[str, dict[str, Any]]:
@@ -171,32 +114,18 @@ def train(
         ``out`` holds a checkpoint and ``resume`` is False.
     """
     import torch
-    from torch.utils.data import DataLoader, Subset
 
     from ..inference import resolve_device
-    from ..models import ResliceModel, save_model
+    from ..models import ResliceModel, load_model, save_model
     from ..models.unet import UNet, linear_between
-    from .augment import random_affine
     from .windows import PairWindows
 
-    out_dir = pathlib.Path(out)
-    last = out_dir / "last"
-    if (last / "config.json").exists():
-        have = json.loads((last / "config.json").read_text())
+    def mismatch(have: dict[str, Any]) -> str | None:
         if int(have["factor"]) != factor:
-            raise ValueError(
-                f"{out_dir} holds a checkpoint for factor {have['factor']}, not {factor}; "
-                "choose another output folder"
-            )
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds a checkpoint (epoch "
-                f"{json.loads((last / 'train_state.json').read_text())['epoch']}); "
-                "pass resume=True (--resume) to continue it, or choose another folder"
-            )
-    elif resume:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {last}")
+            return f"holds a checkpoint for factor {have['factor']}, not {factor}"
+        return None
 
+    out_dir = check_out(out, resume, mismatch, "resume=True (--resume)")
     dev = resolve_device(device)
     common: dict[str, Any] = {"strides": strides, "crop": crop, "partitions": partitions,
                               "skip_blank": skip_blank}
@@ -209,11 +138,7 @@ def train(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     start, best = 0, float("inf")
     if resume:
-        from ..models import load_model
-
-        net.load_state_dict(load_model(last).net.state_dict())
-        meta = _load_state(last, optimizer)
-        start, best = int(meta["epoch"]), float(meta["best_val_loss"])
+        start, best = resume_from(out_dir / "last", net, optimizer, load_model)
     provenance = {"store": str(store), "factor": factor, "crop": crop, "strides": list(strides),
                   "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
                   "train_windows": len(train_set), "val_windows": len(val_set),
@@ -222,69 +147,11 @@ def train(
                   "training_slices": _slices_used(train_set),
                   "selection_slices": _slices_used(val_set), "partitions": partitions,
                   "blank_windows_skipped": train_set.blank_skipped + val_set.blank_skipped}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "log.csv"
-    if not resume or not log_path.exists():
-        with open(log_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(LOG_COLUMNS)
-
-    def loader(ds: Any, epoch: int, shuffle: bool) -> Any:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        if shuffle and max_windows is not None and len(ds) > max_windows:
-            idx = torch.randperm(len(ds), generator=g)[:max_windows].tolist()
-            ds = Subset(ds, idx)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          num_workers=num_workers, pin_memory=dev.startswith("cuda"),
-                          persistent_workers=False)
-
-    model = ResliceModel(net, provenance=provenance)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        net.train()
-        train_set.set_epoch(epoch)
-        aug_gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
-        losses = []
-        batches = loader(train_set, epoch, shuffle=True)
-        for x, y in batches:
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            if augment:
-                x, y = random_affine(x, y, generator=aug_gen)
-            x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev == "cuda"):
-                loss = torch.nn.functional.l1_loss(net(x), y)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        net.eval()
-        vl, preds, lins, targets = [], [], [], []
-        with torch.inference_mode():
-            for x, y in loader(val_set, 0, shuffle=False):
-                p = net(x.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
-                vl.append(float(torch.nn.functional.l1_loss(p, y)))
-                preds.append(p.numpy())
-                lins.append(linear_between(x, factor).numpy())
-                targets.append(y.numpy())
-        pred, lin, tgt = (np.concatenate(a) for a in (preds, lins, targets))
-        psnr_u, ssim_u = _metrics(pred, tgt)
-        psnr_l, ssim_l = _metrics(lin, tgt)
-        val_loss = float(np.mean(vl))
-        row = [epoch + 1, float(np.mean(losses)), val_loss, psnr_u, ssim_u, psnr_l, ssim_l,
-               round(time.perf_counter() - t0, 2)]
-        with open(log_path, "a", newline="") as fh:
-            csv.writer(fh).writerow(row)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: train {row[1]:.4f} val {val_loss:.4f} | "
-                  f"PSNR unet {psnr_u:.2f} linear {psnr_l:.2f} | SSIM unet {ssim_u:.4f} "
-                  f"linear {ssim_l:.4f} | {row[-1]} s", flush=True)
-        model.provenance.update({"epochs": epoch + 1, "val_loss": val_loss,
-                                 "val_psnr_unet": psnr_u, "val_psnr_linear": psnr_l,
-                                 "val_ssim_unet": ssim_u, "val_ssim_linear": ssim_l})
-        if val_loss < best:
-            best = val_loss
-            save_model(model, out_dir / "best")
-        _save_state(last, model, optimizer, {"epoch": epoch + 1, "best_val_loss": best})
-    from ..models import load_model
-
+    kind = Kind(loss=torch.nn.functional.l1_loss, baseline="linear",
+                baseline_of=lambda x: linear_between(x, factor).numpy(), save=save_model,
+                loss_per_sample=False, digits=4)
+    fit(kind, ResliceModel(net, provenance=provenance), optimizer, train_set, val_set,
+        out_dir=out_dir, start=start, best=best, epochs=epochs, resume=resume,
+        augment={} if augment else None, seed=seed, batch_size=batch_size,
+        num_workers=num_workers, dev=dev, amp=amp, progress=progress, max_windows=max_windows)
     return load_model(out_dir / "best")
