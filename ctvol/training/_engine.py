@@ -130,12 +130,21 @@ def check_out(out: str | os.PathLike[str], resume: bool,
     return out_dir
 
 
-def resume_from(last: pathlib.Path, net: Any, optimizer: Any,
-                load: Callable[[pathlib.Path], Any]) -> tuple[int, float]:
-    """Weights and optimiser state from ``last``; the epochs done and the best loss."""
+def start(make_net: Callable[[], Any], *, seed: int, dev: str, lr: float, resume: bool,
+          last: pathlib.Path, load: Callable[[pathlib.Path], Any]) -> tuple[Any, Any, int, float]:
+    """The seeded network on ``dev`` (channels-last), its Adam optimiser, the epochs
+    done and the best validation loss so far (on ``resume``: from ``last``)."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = make_net().to(torch.device(dev))
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    if not resume:
+        return net, optimizer, 0, float("inf")
     net.load_state_dict(load(last).net.state_dict())
     meta = load_state(last, optimizer)
-    return int(meta["epoch"]), float(meta["best_val_loss"])
+    return net, optimizer, int(meta["epoch"]), float(meta["best_val_loss"])
 
 
 def loader(ds: Any, epoch: int, shuffle: bool, *, seed: int, batch_size: int,

@@ -343,13 +343,11 @@ def train_inplane(
     FileExistsError
         ``out`` holds a checkpoint and ``resume`` is False.
     """
-    import torch
-
     from .._inplane import _check_factor
     from ..inference import resolve_device
     from ..models.inplane import InplaneModel, load_inplane_model, save_inplane_model
     from ..models.inplane_unet import InplaneUNet
-    from ._engine import Kind, check_out, fit, resume_from
+    from ._engine import Kind, check_out, fit, start
 
     f = _check_factor(factor)
     if loss not in LOSSES:
@@ -367,15 +365,11 @@ def train_inplane(
               "val_fraction": val_fraction, "guard": guard}
     train_set = InplanePairs(store, f, split="train", repeats=repeats, seed=seed, **common)
     val_set = InplanePairs(store, f, split="val", seed=seed + 1, **common)
-    torch.manual_seed(seed)
     arch = {"depth": 4, "base": 16, "norm": "batch", "output": "residual",
             **(architecture or {})}
-    net = InplaneUNet(f, **arch).to(torch.device(dev))
-    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-    start, best = 0, float("inf")
-    if resume:
-        start, best = resume_from(out_dir / "last", net, optimizer, load_inplane_model)
+    net, optimizer, done, best = start(lambda: InplaneUNet(f, **arch), seed=seed, dev=dev,
+                                       lr=learning_rate, resume=resume, last=out_dir / "last",
+                                       load=load_inplane_model)
     aug_kw = augment if isinstance(augment, dict) else {}
     provenance = {
         "store": str(store), "hr": _keys(hr), "lr": _keys(lr),
@@ -392,7 +386,7 @@ def train_inplane(
     kind = Kind(loss=lambda p, t: _loss(p.float(), t, loss), baseline="bilinear",
                 baseline_of=lambda x: x.numpy(), save=save_inplane_model,
                 loss_per_sample=True, digits=5)
-    fit(kind, model, optimizer, train_set, val_set, out_dir=out_dir, start=start, best=best,
+    fit(kind, model, optimizer, train_set, val_set, out_dir=out_dir, start=done, best=best,
         epochs=epochs, resume=resume, augment=aug_kw if augment else None, seed=seed,
         batch_size=batch_size, num_workers=num_workers, dev=dev, amp=amp, progress=progress)
     return load_inplane_model(out_dir / "last")

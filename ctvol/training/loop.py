@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ._engine import Kind, check_out, fit, resume_from
+from ._engine import Kind, check_out, fit, start
 
 __all__ = ["train"]
 
@@ -131,14 +131,9 @@ def train(
                               "skip_blank": skip_blank}
     train_set = PairWindows(store, factor, split="train", seed=seed, **common)
     val_set = PairWindows(store, factor, split="val", seed=seed + 1, **common)
-    torch.manual_seed(seed)
     arch = {"depth": 4, "base": 16, "norm": "batch", "output": "sigmoid", **(architecture or {})}
-    net = UNet(factor, **arch).to(torch.device(dev))
-    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    start, best = 0, float("inf")
-    if resume:
-        start, best = resume_from(out_dir / "last", net, optimizer, load_model)
+    net, optimizer, done, best = start(lambda: UNet(factor, **arch), seed=seed, dev=dev, lr=lr,
+                                       resume=resume, last=out_dir / "last", load=load_model)
     provenance = {"store": str(store), "factor": factor, "crop": crop, "strides": list(strides),
                   "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
                   "train_windows": len(train_set), "val_windows": len(val_set),
@@ -151,7 +146,7 @@ def train(
                 baseline_of=lambda x: linear_between(x, factor).numpy(), save=save_model,
                 loss_per_sample=False, digits=4)
     fit(kind, ResliceModel(net, provenance=provenance), optimizer, train_set, val_set,
-        out_dir=out_dir, start=start, best=best, epochs=epochs, resume=resume,
+        out_dir=out_dir, start=done, best=best, epochs=epochs, resume=resume,
         augment={} if augment else None, seed=seed, batch_size=batch_size,
         num_workers=num_workers, dev=dev, amp=amp, progress=progress, max_windows=max_windows)
     return load_model(out_dir / "best")
