@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EXIT_PARTIAL = 3
@@ -88,65 +88,63 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_reslice(args: argparse.Namespace) -> int:
+def _each_series(args: argparse.Namespace, command: str, done: str,
+                 make: Callable[[Any], Any], describe: Callable[[Any, Any], str]) -> int:
+    """Run ``make`` on each selected series of ``args.store`` and write the results to
+    ``args.output``; a series that fails is skipped with its reason (exit code 3)."""
     import ctvol
     from ctvol.errors import CtvolError
 
     keys = args.series or ctvol.list_series(args.store)
     if not keys:
-        print(f"ctvol reslice: no complete series in {args.store}", file=sys.stderr)
+        print(f"ctvol {command}: no complete series in {args.store}", file=sys.stderr)
         return 1
     failed = []
     with _scheduler(args.scheduler, args.workers):
         for key in keys:
             try:
                 ds = ctvol.open_series(args.store, key)
-                out = ctvol.reslice(ds, args.factor, spacing=args.spacing, method=args.method,
-                                    model=args.model, batch_size=args.batch_size,
-                                    device=args.device)
+                out = make(ds)
             except (ValueError, FileNotFoundError, CtvolError) as exc:
                 print(f"skipped {key}: {exc}", file=sys.stderr)
                 failed.append(key)
                 continue
             if not args.quiet:
-                print(f"{key}: {ds.sizes['z']} slices at {ds.attrs['spacing'][0]:.4g} mm -> "
-                      f"{out.sizes['z']} at {out.attrs['spacing'][0]:.4g} mm "
-                      f"({int(out.generated.sum())} generated, {args.method})", flush=True)
+                print(f"{key}: {describe(ds, out)}", flush=True)
             ctvol.write(out, args.output, key, progress=not args.quiet)
-    print(f"{len(keys) - len(failed)} series resliced into {args.output}"
+    print(f"{len(keys) - len(failed)} series {done} into {args.output}"
           + (f"; {len(failed)} skipped" if failed else ""))
     return EXIT_PARTIAL if failed else 0
+
+
+def _cmd_reslice(args: argparse.Namespace) -> int:
+    import ctvol
+
+    def make(ds: Any) -> Any:
+        return ctvol.reslice(ds, args.factor, spacing=args.spacing, method=args.method,
+                             model=args.model, batch_size=args.batch_size, device=args.device)
+
+    def describe(ds: Any, out: Any) -> str:
+        return (f"{ds.sizes['z']} slices at {ds.attrs['spacing'][0]:.4g} mm -> "
+                f"{out.sizes['z']} at {out.attrs['spacing'][0]:.4g} mm "
+                f"({int(out.generated.sum())} generated, {args.method})")
+
+    return _each_series(args, "reslice", "resliced", make, describe)
 
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
     import ctvol
-    from ctvol.errors import CtvolError
 
-    keys = args.series or ctvol.list_series(args.store)
-    if not keys:
-        print(f"ctvol upsample: no complete series in {args.store}", file=sys.stderr)
-        return 1
-    failed = []
-    with _scheduler(args.scheduler, args.workers):
-        for key in keys:
-            try:
-                ds = ctvol.open_series(args.store, key)
-                out = ctvol.upsample_inplane(ds, args.factor, method=args.method,
-                                             model=args.model, batch_size=args.batch_size,
-                                             device=args.device)
-            except (ValueError, FileNotFoundError, CtvolError) as exc:
-                print(f"skipped {key}: {exc}", file=sys.stderr)
-                failed.append(key)
-                continue
-            if not args.quiet:
-                sp = out.attrs["spacing"]
-                print(f"{key}: {ds.sizes['y']}x{ds.sizes['x']} -> {out.sizes['y']}x"
-                      f"{out.sizes['x']} at {sp[1]:.4g} x {sp[2]:.4g} mm ({args.method})",
-                      flush=True)
-            ctvol.write(out, args.output, key, progress=not args.quiet)
-    print(f"{len(keys) - len(failed)} series upsampled in-plane into {args.output}"
-          + (f"; {len(failed)} skipped" if failed else ""))
-    return EXIT_PARTIAL if failed else 0
+    def make(ds: Any) -> Any:
+        return ctvol.upsample_inplane(ds, args.factor, method=args.method, model=args.model,
+                                      batch_size=args.batch_size, device=args.device)
+
+    def describe(ds: Any, out: Any) -> str:
+        sp = out.attrs["spacing"]
+        return (f"{ds.sizes['y']}x{ds.sizes['x']} -> {out.sizes['y']}x{out.sizes['x']} at "
+                f"{sp[1]:.4g} x {sp[2]:.4g} mm ({args.method})")
+
+    return _each_series(args, "upsample", "upsampled in-plane", make, describe)
 
 
 def _series_arg(text: str) -> tuple[str, slice | None]:
