@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LabelError
+from ..io._handles import HuHandles
 
 __all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
 
@@ -148,28 +149,16 @@ class SliceItems:
     def __init__(self, store: str, items: Sequence[Item], *, size: int,
                  window: tuple[float, float], storage_options: Any = None) -> None:
         self.store, self.items, self.size, self.window = store, list(items), size, window
-        self.storage_options = storage_options
-        self._arrays: dict[str, Any] = {}
-        self._pid: int | None = None
+        self._hu = HuHandles(store, storage_options)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_arrays": {}, "_pid": None}  # no handles across processes
-
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        import zarr
-
         from ._net import prepare
 
-        if self._pid != os.getpid():
-            self._arrays, self._pid = {}, os.getpid()
         it = self.items[i]
-        if it.key not in self._arrays:
-            self._arrays[it.key] = zarr.open_array(self.store, path=f"series/{it.key}/hu",
-                                                   mode="r", storage_options=self.storage_options)
-        x = prepare(self._arrays[it.key][it.index : it.index + 1], self.size, self.window)[0]
+        x = prepare(self._hu(it.key)[it.index : it.index + 1], self.size, self.window)[0]
         return x, it.target
 
 

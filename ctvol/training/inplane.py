@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io._handles import HuHandles
+
 __all__ = ["InplanePairs", "train_inplane"]
 
 LOSSES = ("l1", "bce")
@@ -155,8 +157,7 @@ class InplanePairs:
         self._ranges_lr: dict[str, tuple[float, float]] = {}
         if self.normalisation["kind"] == "minmax":
             self._ranges_lr = {h: self._minmax(h, low) for h, low in self.pairs}
-        self._arrays: dict[str, Any] = {}
-        self._pid: int | None = None
+        self._hu = HuHandles(self.store, storage_options)
 
     def _minmax(self, hr: str, lr: str | None) -> tuple[float, float]:
         """(min, max) of the LR volume (synthetic: of the area-downsampled HR)."""
@@ -186,21 +187,7 @@ class InplanePairs:
         self.epoch = int(epoch)
 
     def _array(self, key: str) -> Any:
-        import zarr
-
-        pid = os.getpid()
-        if self._pid != pid:
-            self._arrays, self._pid = {}, pid
-        if key not in self._arrays:
-            self._arrays[key] = zarr.open_array(
-                self.store, path=f"series/{key}/hu", mode="r",
-                storage_options=self.storage_options)
-        return self._arrays[key]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_arrays"], state["_pid"] = {}, None
-        return state
+        return self._hu(key)
 
     def read(self, pair: int, z: int, r0: int, c0: int, c: int | None
              ) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..intensity import HU_WINDOW, to_unit
+from ..io._handles import HuHandles
 
 __all__ = ["PairWindows", "Window", "split_of"]
 
@@ -212,8 +213,7 @@ class PairWindows:
                 "use a smaller factor, more series, or split='all'"
             )
         self.windows = windows
-        self._arrays: dict[str, Any] = {}
-        self._pid: int | None = None
+        self._hu = HuHandles(self.store, storage_options, config=_read_config)
 
     def _z_range(self, n: int, split: str, single: bool, uid: str,
                  val_fraction: float) -> tuple[int, int]:
@@ -240,24 +240,7 @@ class PairWindows:
         self.epoch = int(epoch)
 
     def _array(self, key: str) -> Any:
-        import zarr
-
-        pid = os.getpid()
-        if self._pid != pid:  # a fresh DataLoader worker: its own handles
-            self._arrays, self._pid = {}, pid
-        if key not in self._arrays:
-            # The codec pipeline is chosen when the array is opened and stays
-            # with the handle (zarr.config is read at construction).
-            with zarr.config.set(_read_config(self.store)):
-                self._arrays[key] = zarr.open_array(
-                    self.store, path=f"series/{key}/hu", mode="r",
-                    storage_options=self.storage_options)
-        return self._arrays[key]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_arrays"], state["_pid"] = {}, None  # handles never cross processes
-        return state
+        return self._hu(key)
 
     def read(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
         """The HU slices of one window: inputs (2, H, W), targets (k-1, H, W), int16."""
