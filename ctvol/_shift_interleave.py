@@ -452,7 +452,7 @@ def shift_interleave(
         if spacing_attr is not None and dims == ("z", "y", "x") and len(spacing_attr) == 3:
             spacing_attr[dims.index(a)] = float(spacing_attr[dims.index(a)]) / k
     if pred.outputs and pred.classes is not None:
-        coords["class"] = ("class", list(pred.classes))
+        coords["class"] = ("class", np.array(pred.classes, dtype=object))  # zarr: vlen strings
     attrs = {key: v for key, v in attrs_in.items() if key not in ("complete", "sop_digest")}
     if spacing_attr is not None:
         attrs["spacing"] = spacing_attr

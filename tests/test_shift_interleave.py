@@ -452,6 +452,7 @@ def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path) -> N
     from distributed import Client, LocalCluster, Worker, get_task_stream
 
     from ctvol._compute import compute
+    from ctvol.io._group import write_group
 
     save_segmenter(tiny_segmenter(), tmp_path / "seg")
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
@@ -468,13 +469,18 @@ def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path) -> N
             with get_task_stream() as ts:
                 (out,) = compute([ctvol.shift_interleave(ds, str(tmp_path / "seg"), 3,
                                                          device="cpu")])
+                # The CLI's writer keeps the annotation too (to_zarr's graph would not).
+                fine = ctvol.shift_interleave(ds, str(tmp_path / "seg"), 2, device="cpu")
+                write_group(fine.to_dataset(), tmp_path / "p.zarr", "k")
     finally:
         cluster.close()
     ran_on = [t["worker"] for t in ts.data if "shift-interleave" in str(t["key"])]
-    assert len(ran_on) == 5  # one task per z-block
+    assert len(ran_on) == 10  # one task per z-block, twice
     assert set(ran_on) == {gpu}
     ref = ctvol.shift_interleave(ds, str(tmp_path / "seg"), 3, device="cpu").values
     np.testing.assert_array_equal(out.values, ref)
+    back = xr.open_zarr(tmp_path / "p.zarr", group="k", consolidated=False)
+    np.testing.assert_array_equal(back.prediction.values, fine.values)
 
 
 # --------------------------------------------------------------------------
@@ -653,3 +659,89 @@ def test_per_slice_shape_errors_surface_at_compute() -> None:
         ctvol.shift_interleave(ds, mean_and_bright, 3, classes=3).values  # noqa: B018
     with pytest.raises(PredictError, match="a block -> block predictor"):
         ctvol.shift_interleave(ds, soft, 3, per_slice=True).values  # noqa: B018
+
+
+# --------------------------------------------------------------------------
+# ctvol shift-interleave STORE KEY --model PATH --factor K -o OUT.zarr
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_inputs(tmp_path: pathlib.Path) -> dict[str, str]:
+    from ctvol.curation import save_slice_model
+
+    store = str(tmp_path / "c.zarr")
+    ctvol.write(_volume(n=6, chunks=None).drop_vars("sop_uid"), store, "s1")
+    save_segmenter(tiny_segmenter(), tmp_path / "seg")
+    save_slice_model(tiny_slice_model(), tmp_path / "cls")
+    return {"store": store, "seg": str(tmp_path / "seg"), "cls": str(tmp_path / "cls"),
+            "out": str(tmp_path / "pred.zarr")}
+
+
+def test_cli_shift_interleave(cli_inputs: dict[str, str],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    from ctvol.cli import main
+
+    store, seg, cls, out = (cli_inputs[k] for k in ("store", "seg", "cls", "out"))
+    assert main(["shift-interleave", store, "s1", "--model", seg, "--factor", "5", "-o", out,
+                 "--scheduler", "threads"]) == 0
+    text = capsys.readouterr().out
+    assert f"s1: 6 x 18 x 16 -> 26 z x 18 y x 16 x (segmenter {seg}, 5 runs per block)" in text
+    assert f"written to {out} (group s1)" in text
+    back = xr.open_zarr(out, group="s1", consolidated=False)
+    ref = ctvol.shift_interleave(ctvol.open_series(store, "s1"), seg, 5)
+    np.testing.assert_array_equal(back.prediction.values, ref.values)
+    for c in ("z", "z_shift", "y", "x"):
+        np.testing.assert_array_equal(back[c].values, ref[c].values)
+    info = back.attrs["shift_interleave"]
+    assert info["factor"] == [5] and info["axis"] == ["z"] and info["fuse"] is None
+    assert info["model_digest"] == load_segmenter(seg).digest
+    assert back.attrs["ctvol_history"][-1].startswith("ctvol ")
+    assert "shift_interleave(factor=[5]" in back.attrs["ctvol_history"][-1]
+    assert back.attrs["complete"] is True and back.attrs["spacing"] == [1.0, 0.45, 0.45]
+    assert back.attrs["source"] == {"store": store, "key": "s1"}
+    assert back.prediction.attrs == {"long_name": "probability", "units": "1"}
+    # A slice classifier: per-slice class probabilities, then voted labels (the
+    # group is replaced).
+    assert main(["shift-interleave", store, "s1", "--model", cls, "--factor", "5",
+                 "--fuse", "mean", "-o", out, "--scheduler", "threads", "-q"]) == 0
+    probs = xr.open_zarr(out, group="s1", consolidated=False)
+    assert probs.prediction.dims == ("z", "class") and probs.prediction.shape == (26, 2)
+    assert probs["class"].values.tolist() == ["blank", "body"]
+    np.testing.assert_allclose(probs.prediction.values.sum(axis=1), 1.0, rtol=1e-6)
+    assert main(["shift-interleave", store, "s1", "--model", cls, "--factor", "5",
+                 "--fuse", "vote", "-o", out, "--scheduler", "threads", "-q"]) == 0
+    votes = xr.open_zarr(out, group="s1", consolidated=False)
+    assert set(votes.data_vars) == {"prediction"} and "class" not in votes.coords
+    assert votes.prediction.dtype == np.uint8 and votes.prediction.dims == ("z",)
+    assert votes.prediction.attrs["flag_meanings"] == "blank body"
+    assert votes.attrs["shift_interleave"]["labels"] is True
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"--model": "nowhere"}, "no model checkpoint at '.*nowhere'"),
+    ({"key": "s9"}, r"no complete series 's9' in .*c.zarr; complete series: s1"),
+    ({"--factor": "0"}, r"series s1: factor must be an integer >= 1"),
+    ({"--model": "cls", "--axis": "y"}, "series s1: .*refines along 'z' only"),
+    ({"--model": "reslice"}, "holds a 'ctvol-reslice-model' checkpoint.*use ctvol.reslice"),
+    ({"-o": "store"}, "is the input store: write predictions to another Zarr store"),
+])
+def test_cli_shift_interleave_errors(cli_inputs: dict[str, str], tmp_path: pathlib.Path,
+                                     capsys: pytest.CaptureFixture[str],
+                                     change: dict[str, str], message: str) -> None:
+    from ctvol.cli import main
+    from ctvol.models import ResliceModel, save_model
+    from ctvol.models.unet import UNet
+
+    save_model(ResliceModel(UNet(3, depth=1, base=2)), tmp_path / "reslice")
+    names = {**cli_inputs, "nowhere": str(tmp_path / "nowhere"),
+             "reslice": str(tmp_path / "reslice")}
+    opts = {"key": "s1", "--model": "seg", "--factor": "3", "-o": "out", **change}
+    argv = ["shift-interleave", cli_inputs["store"], opts.pop("key")]
+    for flag, value in opts.items():
+        argv += [flag, names.get(value, value)]
+    assert main([*argv, "--scheduler", "threads", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ctvol shift-interleave: error: ")
+    assert __import__("re").search(message, err), err
+    assert not pathlib.Path(cli_inputs["out"]).exists()
