@@ -6,27 +6,30 @@ copy j at the fractional positions ``i + j/k`` (j = 0 … k−1, by interpolatio
 the predictor runs on each copy, and the k outputs are interleaved: output
 sample n is sample ``n // k`` of copy ``n % k``, which sits at input position
 ``n / k``. Along several axes every combination of shifts runs (the product of
-the k's). ``docs/shift_interleave.md`` states the conventions.
+the k's). A per-slice predictor ((n, H, W) -> (n,) or (n, C): a slice
+classifier) refined along z gives per-slice outputs at the finer spacing.
+``docs/shift_interleave.md`` states the conventions.
 
-The public wrapper validates metadata and builds the graph: the input gets a
-halo along every axis (:func:`dask.array.overlap.overlap`, no padding at the
-volume's edges), one task per block runs every shifted copy through the
-predictor and returns the block's refined output (:func:`refine_block`).
+The public wrapper validates metadata and the predictor (``_predictor.py``:
+callables, segmenters, slice models, checkpoint paths, devices) and builds the
+graph: the input gets a halo along every axis
+(:func:`dask.array.overlap.overlap`, no padding at the volume's edges), one
+task per block runs every shifted copy through the predictor and returns the
+block's refined output (:func:`refine_block`, ``_refine_block.py``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 import os
-import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GeometryError, PredictError
+from ._refine_block import refine_block
+from .errors import GeometryError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -40,10 +43,6 @@ FUSE = (None, "vote", "mean")
 SPLINE_MARGIN = 12
 #: Relative tolerance on coordinate steps along a refined axis.
 RTOL = 1e-3
-
-_CACHE: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-_LOCK = threading.Lock()
-
 
 # --------------------------------------------------------------------------
 # Argument checks (metadata only: nothing is computed)
@@ -117,195 +116,28 @@ def interp_depth(order: int) -> int:
 
 
 # --------------------------------------------------------------------------
-# The predictor on a worker
+# One task: the block's predictor, then the numpy core (_refine_block.py)
 # --------------------------------------------------------------------------
-
-
-def _load_path(path: str) -> Callable[[np.ndarray], np.ndarray]:
-    from .models import load_segmenter
-
-    return load_segmenter(path)
-
-
-def _predictor(source: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The callable for ``source``: itself, or a checkpoint path loaded once per process."""
-    if not isinstance(source, str):
-        return source  # type: ignore[no-any-return]
-    with _LOCK:  # threads of one worker share one copy
-        fn = _CACHE.get(source)
-        if fn is None:
-            fn = _CACHE[source] = _load_path(source)
-    return fn
-
-
-def _describe(predict: Any) -> str:
-    if isinstance(predict, str | os.PathLike):
-        return os.fspath(predict)
-    name = getattr(predict, "__qualname__", None) or type(predict).__qualname__
-    return f"{getattr(predict, '__module__', '?')}.{name}"
-
-
-# --------------------------------------------------------------------------
-# One block
-# --------------------------------------------------------------------------
-
-
-def _box_sum(x: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
-    """``out[n] = sum(x[c] for c in n-lo .. n+hi)`` along ``axis``; missing c count as 0.
-
-    A plain sum of shifted views (k terms): the same additions in the same
-    order whatever the block layout, so chunked equals unchunked exactly.
-    """
-    out = np.zeros_like(x)
-    length = x.shape[axis]
-    for off in range(-lo, hi + 1):
-        dst = [slice(None)] * x.ndim
-        src = [slice(None)] * x.ndim
-        dst[axis] = slice(max(0, -off), min(length, length - off))
-        src[axis] = slice(max(0, off), min(length, length + off))
-        out[tuple(dst)] += x[tuple(src)]
-    return out
-
-
-def _window_sum(x: np.ndarray, axes: Sequence[int], factors: Sequence[int]) -> np.ndarray:
-    # Prediction at fine c covers fine n when n - k/2 < c <= n + k/2 (half-open
-    # footprint [c - k/2, c + k/2) of one input voxel): c - n in -((k-1)//2) .. k//2.
-    for ax, k in zip(axes, factors, strict=True):
-        if k > 1:
-            x = _box_sum(x, ax, (k - 1) // 2, k // 2)
-    return x
-
-
-def _fuse(fine: np.ndarray, axes: Sequence[int], factors: Sequence[int], fuse: str,
-          dtype: np.dtype[Any]) -> np.ndarray:
-    if fuse == "mean":
-        acc = np.float64 if dtype == np.float64 else np.float32
-        total = _window_sum(fine.astype(acc), axes, factors)
-        count = _window_sum(np.ones_like(total), axes, factors)
-        return (total / count).astype(dtype, copy=False)
-    # Majority vote. The voxel's own (centred) prediction gets half a vote
-    # extra: counts are whole numbers, so it only breaks ties; a tie it is not
-    # part of goes to the smallest label.
-    labels = np.unique(fine)
-    best = np.full(fine.shape, -1.0, dtype=np.float32)
-    out = np.empty(fine.shape, dtype=dtype)
-    for lab in labels:  # ascending: strict '>' keeps the smallest of tied labels
-        hit = fine == lab
-        score = _window_sum(hit.astype(np.float32), axes, factors) + 0.5 * hit
-        better = score > best
-        best[better] = score[better]
-        out[better] = lab
-    return out
-
-
-def refine_block(
-    x: np.ndarray,
-    predict: Callable[[np.ndarray], np.ndarray],
-    *,
-    axes: Sequence[int],
-    factors: Sequence[int],
-    halo: Sequence[tuple[int, int]] | None = None,
-    margin: Sequence[tuple[int, int]] | None = None,
-    stop: Sequence[bool] | None = None,
-    order: int = 1,
-    fuse: str | None = None,
-    dtype: Any = np.float32,
-) -> np.ndarray:
-    """Shift-and-interleave on one numpy block (the per-task core).
-
-    Parameters
-    ----------
-    x : ndarray
-        The block, with ``halo[d] = (before, after)`` extra samples along each
-        dim d (0 at the volume's edges).
-    predict : callable
-        ``predict(block) -> block`` of the same shape (float32 input).
-    axes, factors : sequences of int
-        Refined dims (positions in ``x.shape``) and their factors k.
-    halo : sequence of (int, int), optional
-        Halo present on each side of every dim (default none).
-    margin : sequence of (int, int), optional
-        Per refined axis, coarse samples beyond the block's core whose
-        predictions enter the fusion window (0 at the volume's edges, else 1).
-        Default: 0 (the block is the whole volume).
-    stop : sequence of bool, optional
-        Per refined axis: the block ends the volume and the output stops at
-        the last input sample ((n−1)·k + 1 samples instead of n·k).
-    order : int
-        Spline order of the shifts (:func:`scipy.ndimage.shift`, mode "nearest").
-    fuse : {None, "vote", "mean"}
-    dtype : numpy dtype
-        Output dtype; predictions are cast to it (``same_kind``).
-
-    Returns
-    -------
-    ndarray
-        The block's core, refined by k along each axis in ``axes``.
-    """
-    from scipy import ndimage
-
-    ndim = x.ndim
-    halo = list(halo) if halo is not None else [(0, 0)] * ndim
-    margin = list(margin) if margin is not None else [(0, 0)] * len(axes)
-    stop = list(stop) if stop is not None else [False] * len(axes)
-    dtype = np.dtype(dtype)
-    kf = dict(zip(axes, factors, strict=True))
-    mg = dict(zip(axes, margin, strict=True))
-    core = [x.shape[d] - halo[d][0] - halo[d][1] for d in range(ndim)]
-    # Coarse samples kept from every prediction: the core, plus the fusion margin.
-    keep = tuple(slice(halo[d][0] - mg.get(d, (0, 0))[0],
-                       halo[d][0] + core[d] + mg.get(d, (0, 0))[1]) for d in range(ndim))
-    kept = [keep[d].stop - keep[d].start for d in range(ndim)]
-    fine = np.empty([kept[d] * kf.get(d, 1) for d in range(ndim)], dtype=dtype)
-    xf = x.astype(np.float32)
-    for combo in itertools.product(*(range(k) for k in factors)):
-        shifts = [0.0] * ndim
-        for d, j, k in zip(axes, combo, factors, strict=True):
-            # Copy j samples the input at i + j/k: scipy moves content by -j/k.
-            shifts[d] = -j / k
-        if any(shifts):
-            copy = ndimage.shift(xf, shifts, output=np.float32, order=order, mode="nearest")
-        else:
-            copy = xf.copy()  # the unshifted input exactly (and a copy predict may modify)
-        pred = np.asarray(predict(copy))
-        if pred.shape != x.shape:
-            raise PredictError(
-                f"predict returned a block of shape {pred.shape} for an input block of shape "
-                f"{x.shape}: it must map a block to a block of the same shape"
-            )
-        if not np.can_cast(pred.dtype, dtype, casting="same_kind"):
-            raise PredictError(
-                f"predict returned {pred.dtype} values, which do not cast safely to the output "
-                f"dtype {dtype}; pass dtype={pred.dtype.name!r} (or round/cast inside predict)"
-            )
-        dst = tuple(slice(combo[axes.index(d)], None, kf[d]) if d in kf else slice(None)
-                    for d in range(ndim))
-        fine[dst] = pred[keep]
-    if fuse is not None:
-        fine = _fuse(fine, axes, factors, fuse, dtype)
-    crop = []
-    for d in range(ndim):
-        if d not in kf:
-            crop.append(slice(None))
-            continue
-        k, (m0, _) = kf[d], mg[d]
-        n = core[d] * k - ((k - 1) if stop[axes.index(d)] else 0)
-        crop.append(slice(m0 * k, m0 * k + n))
-    return np.ascontiguousarray(fine[tuple(crop)])
 
 
 def _task(x: np.ndarray, source: Any, *, block_id: tuple[int, ...],
           nblocks: tuple[int, ...], depth: tuple[int, ...], axes: tuple[int, ...],
           factors: tuple[int, ...], fuse: str | None, extend: bool, out_dtype: Any,
-          **kwargs: Any) -> np.ndarray:
+          kind: str, device: str | None, amp: bool, labels: bool,
+          outputs: tuple[int, ...] | None, **kwargs: Any) -> np.ndarray:
+    from ._predictor import on_worker
+
+    if outputs is not None:  # output blocks (z,) / (z, class): whole slices, one block
+        block_id = (block_id[0],) + (0,) * (x.ndim - 1)
     halo = [(depth[d] if block_id[d] > 0 else 0,
              depth[d] if block_id[d] < nblocks[d] - 1 else 0) for d in range(x.ndim)]
     extra = 1 if fuse is not None else 0
     margin = [(extra if block_id[d] > 0 else 0, extra if block_id[d] < nblocks[d] - 1 else 0)
               for d in axes]
     stop = [not extend and block_id[d] == nblocks[d] - 1 for d in axes]
-    return refine_block(x, _predictor(source), axes=axes, factors=factors, halo=halo,
-                        margin=margin, stop=stop, fuse=fuse, dtype=out_dtype, **kwargs)
+    predict = on_worker(kind, source, device=device, amp=amp, labels=labels)
+    return refine_block(x, predict, axes=axes, factors=factors, halo=halo, margin=margin,
+                        stop=stop, fuse=fuse, dtype=out_dtype, outputs=outputs, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -315,7 +147,7 @@ def _task(x: np.ndarray, source: Any, *, block_id: tuple[int, ...],
 
 def shift_interleave(
     ds: xr.Dataset | xr.DataArray,
-    predict: Callable[[np.ndarray], np.ndarray] | str | os.PathLike[str],
+    predict: Callable[[np.ndarray], np.ndarray] | str | os.PathLike[str] | Any,
     factor: int | Sequence[int] = 2,
     axis: Hashable | Sequence[Hashable] = "z",
     *,
@@ -323,11 +155,16 @@ def shift_interleave(
     order: int = 1,
     extend: bool = False,
     predict_depth: int | Mapping[Hashable, int] = 0,
-    dtype: Any = np.float32,
+    dtype: Any = None,
+    per_slice: bool | None = None,
+    classes: int | Sequence[str] | None = None,
+    labels: bool = False,
+    device: str | None = None,
+    amp: bool = False,
     var: str = "hu",
     name: str = "prediction",
 ) -> xr.DataArray:
-    """Refine a block predictor's output by shifting its input (lazy, a Dask graph).
+    """Refine a predictor's output by shifting its input (lazy, a Dask graph).
 
     Along each axis in ``axis`` with factor k, copy j (j = 0 … k−1) of the
     input is resampled at the fractional positions ``i + j/k`` (spline
@@ -335,24 +172,33 @@ def shift_interleave(
     ``predict`` runs on every copy unchanged, and the outputs are interleaved:
     **output sample n is sample n // k of copy n % k**, at coordinate
     ``x0 + n·dx/k``. Several axes run every combination of shifts
-    (the product of the k's predictions per block).
+    (the product of the k's predictions per block). A per-slice predictor
+    (one value, or one row of class probabilities, per slice) refined along z
+    gives per-slice outputs at the finer z spacing.
 
     Parameters
     ----------
     ds : xarray.Dataset or xarray.DataArray
         The input: a volume (``docs/storage.md``; its ``var``, default ``hu``,
         in HU) or any DataArray; dask-backed or in memory.
-    predict : callable or path
-        ``predict(block) -> block``: a float32 numpy block in (with the halo),
-        a block of the **same shape** out (labels or probabilities). Any block
-        predictor: a CNN, a threshold... A callable travels to the workers
-        once per graph (one shared key); a path to a segmenter checkpoint
-        (:func:`ctvol.models.save_segmenter`) is loaded once per worker process.
+    predict : callable, SegmentModel, SliceModel or path
+        A **callable** ``predict(block) -> block``: a float32 numpy block in
+        (with the halo), a block of the **same shape** out (labels or
+        probabilities) -- a CNN, a threshold...; with ``per_slice=True`` it
+        gets whole slices (n, H, W) and returns shape (n,) or, with
+        ``classes``, (n, C). A callable travels to the workers once per graph
+        (one shared key). A **model**: a :class:`ctvol.models.SegmentModel`
+        (probabilities of the block's shape), a
+        :class:`ctvol.curation.SliceModel` (per slice: class probabilities, or
+        the localizer's location), or a **path** to either's checkpoint
+        (:func:`ctvol.models.save_segmenter`,
+        :func:`ctvol.curation.save_slice_model`). Models run on ``device`` and
+        are loaded once per worker process and device.
     factor : int or sequence of int, default 2
         k >= 1 per axis (one value for every axis, or one per axis). k = 1
         leaves an axis unrefined (its output is ``predict`` of the input).
     axis : str or sequence of str, default "z"
-        The dims to refine.
+        The dims to refine (``"z"`` only for per-slice predictors).
     fuse : {None, "vote", "mean"}, default None
         None: pure interleave, one prediction per output sample. ``"vote"`` /
         ``"mean"``: every prediction whose one-input-voxel footprint covers
@@ -361,7 +207,7 @@ def shift_interleave(
         sample's own prediction, else the smallest tied label) or by the mean
         (probabilities). Equivalently: the interleaved output filtered by a
         centred box of k samples along each refined axis, truncated at the
-        volume's edges.
+        volume's edges. Per-slice outputs fuse along z, each class apart.
     order : int, default 1
         Spline order of the shifts, 0–5. Orders 0 and 1 are exact blockwise;
         higher orders use a spline prefilter of infinite support, so blocks
@@ -374,9 +220,28 @@ def shift_interleave(
     predict_depth : int or mapping, default 0
         Context ``predict`` needs beyond a sample (its receptive radius, in
         input samples), per dim or for all: blocks carry it as extra halo.
-    dtype : numpy dtype, default float32
+        Per-slice predictors see whole slices: along z only.
+    dtype : numpy dtype, optional
         Output dtype; predictions must cast to it (``same_kind``): pass an
-        integer dtype for labels.
+        integer dtype for labels. Default float32 (uint8 with ``labels``).
+    per_slice : bool, optional
+        The callable returns one value per slice, shape (n,) (or a row of C,
+        shape (n, C), with ``classes``) for (n, H, W) slices. Default: False,
+        True when ``classes`` is given or ``predict`` is a SliceModel.
+    classes : int or sequence of str, optional
+        A per-slice callable's row length C, or its C class names (which
+        become the ``class`` coordinate). A SliceModel names its own.
+    labels : bool, default False
+        Models only: labels instead of probabilities -- a segmenter's mask
+        (probability > 0.5, 0/1), a slice classifier's most probable class
+        code (one per slice). What ``fuse="vote"`` counts.
+    device : str, optional
+        Models only: ``"cuda"``, ``"cpu"``, ``"cuda:1"``...; default CUDA when
+        the worker sees a GPU, else CPU (resolved where the task runs). On a
+        ``dask.distributed`` cluster whose workers declare a ``GPU`` resource
+        the model's tasks ask for ``resources={"GPU": 1}``.
+    amp : bool, default False
+        Models only: bf16 autocast on CUDA (ignored on CPU).
     var : str, default "hu"
         The variable of a Dataset to refine.
     name : str, default "prediction"
@@ -390,23 +255,32 @@ def shift_interleave(
         coordinate ``<axis>_shift`` = n % k (the copy, shifted by j/k input
         samples, that predicted sample n); coordinates along unrefined dims
         kept; ``attrs["sub_voxel_prediction"] = True``, ``attrs["shift_interleave"]``
-        (factors, axes, fuse, order, extend, predict), ``ctvol_history``
-        extended, ``spacing`` divided by the factors when present.
+        (factors, axes, fuse, order, extend, predict, model digest...),
+        ``ctvol_history`` extended, ``spacing`` divided by the factors when
+        present. Dims as the input; for per-slice predictors ``("z",)`` or
+        ``("z", "class")`` (class names as coordinate when known; class labels
+        carry ``classes``/``flag_values``/``flag_meanings`` attrs).
 
     Raises
     ------
     ValueError
-        Bad factor, axis, fuse, order, predict_depth, dtype or var; a factor and
-        axis of different lengths.
+        Bad factor, axis, fuse, order, predict_depth, dtype, var, device or
+        classes; a factor and axis of different lengths; options that do not
+        fit the predictor (per-slice predictors along another axis than z,
+        ``fuse="vote"`` on a model's probabilities, ``device`` for a plain
+        callable); a checkpoint of another kind.
+    FileNotFoundError
+        ``predict`` is a path but not a checkpoint folder.
     GeometryError
         Uneven coordinates along a refined axis.
     PredictError
-        At compute time: ``predict`` returned a block of another shape, or values
-        that do not cast to ``dtype``.
+        At compute time: ``predict`` returned another shape (the message names
+        it and what was expected), or values that do not cast to ``dtype``.
 
     See Also
     --------
     ctvol.reslice : generates intensities between slices (a U-net on slice pairs).
+    ctvol.classify_slices : a class per slice at the input's spacing.
 
     Examples
     --------
@@ -420,12 +294,24 @@ def shift_interleave(
     [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
     >>> fine.z.values.tolist()[:4], fine.z_shift.values.tolist()[:6]
     ([0.0, 1.0, 2.0, 3.0], [0, 1, 2, 3, 4, 0])
+
+    A per-slice predictor (here each slice's mean) gives per-slice values on the
+    finer grid:
+
+    >>> means = ctvol.shift_interleave(ds, lambda b: b.mean(axis=(1, 2)), factor=2,
+    ...                                per_slice=True)
+    >>> means.dims, means.values.tolist()
+    (('z',), [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0])
     """
+    import contextlib
+
     import dask
     import dask.array as da
     import xarray as xr
 
     from . import __version__
+    from ._predictor import resolve
+    from ._reslice import _cluster_has_gpu
 
     if isinstance(ds, xr.Dataset):
         if var not in ds:
@@ -446,18 +332,32 @@ def shift_interleave(
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 0 <= order <= 5:
         raise ValueError(f"order must be an integer spline order 0-5, got {order!r}")
     depth_in = _check_depth(predict_depth, dims)
-    if isinstance(predict, os.PathLike):
-        predict = os.fspath(predict)
-    if not (callable(predict) or isinstance(predict, str)):
-        raise TypeError(f"predict must be a callable (block -> block) or a checkpoint path, "
-                        f"got {type(predict).__name__}")
+    pred = resolve(predict, per_slice=per_slice, classes=classes, labels=bool(labels),
+                   device=device, amp=bool(amp))
     try:
-        out_dtype = np.dtype(dtype)
+        out_dtype = np.dtype(dtype if dtype is not None
+                             else (np.uint8 if pred.labels else np.float32))
     except TypeError as err:
         raise ValueError(f"dtype must be a numpy dtype, got {dtype!r}") from err
     if fuse == "mean" and out_dtype.kind != "f":
         raise ValueError(f"fuse='mean' averages predictions: dtype must be a float dtype, "
                          f"got {out_dtype}")
+    if fuse == "vote" and pred.is_model and not pred.labels:
+        raise ValueError(
+            f"fuse='vote' counts equal labels, but the {pred.description} outputs "
+            "probabilities: pass labels=True (a segmenter's mask, p > 0.5; a slice "
+            "classifier's most probable class), or fuse='mean'")
+    if pred.per_slice:
+        if axes != ("z",) or dims[0] != "z" or (pred.is_model and len(dims) != 3):
+            raise ValueError(
+                f"a per-slice predictor ({pred.description}: one value or row per slice) "
+                f"refines along 'z' only, from data with 'z' first"
+                f"{' and (z, y, x) slices' if pred.is_model else ''}: got axis={axis!r} on "
+                f"dims {dims} of shape {tuple(arr.shape)}; refine along z, or use a "
+                "block -> block predictor")
+        if any(depth_in[d] for d in dims[1:]):
+            raise ValueError(f"predict_depth {predict_depth!r}: a per-slice predictor sees "
+                             "whole slices; give predict_depth along 'z' only")
 
     what = attrs_in.get("series_uid", "the data")
     sizes = dict(zip(dims, arr.shape, strict=True))
@@ -476,6 +376,8 @@ def shift_interleave(
         first = dims.index(axes[0])
         data = da.from_array(np.asarray(data), chunks=tuple(
             32 if d == first else -1 for d in range(len(dims))))
+    if pred.per_slice:  # the predictor sees whole slices
+        data = data.rechunk({d: -1 for d in range(1, len(dims))})
     ax_idx = tuple(dims.index(a) for a in axes)
     kf = dict(zip(ax_idx, factors, strict=True))
     fuse_extra = 1 if fuse is not None else 0
@@ -504,23 +406,36 @@ def shift_interleave(
         if k > 1 and not extend:
             out[-1] -= k - 1
         out_chunks.append(tuple(out))
-    # Checkpoint paths travel as strings (each worker process loads them
-    # once); a callable travels as one graph key shared by every task.
-    source: Any = predict if isinstance(predict, str) else dask.delayed(predict, pure=True)
+    reshape: dict[str, Any] = {}
+    if pred.outputs is not None:  # (z,) or (z, class): the slice dims go, classes come
+        out_chunks = [out_chunks[0], *((c,) for c in pred.outputs)]
+        reshape = {"drop_axis": list(range(1, len(dims))),
+                   "new_axis": list(range(1, 1 + len(pred.outputs))) or None}
     runs = math.prod(factors)
-    fine = da.map_blocks(
-        _task, haloed, source, nblocks=nblocks, depth=depth, axes=ax_idx,
-        factors=factors, fuse=fuse, extend=extend, order=int(order), out_dtype=out_dtype,
-        chunks=tuple(out_chunks), meta=np.empty((0,) * len(dims), dtype=out_dtype),
-        name=f"shift-interleave-{'x'.join(map(str, factors))}-"
-             + dask.base.tokenize(haloed, source, nblocks, depth, ax_idx, factors, fuse,
-                                  extend, int(order), out_dtype),
-    )
+    # A model's tasks ask for a GPU where the cluster's workers declare one
+    # (as ctvol.reslice's; graph optimisation can drop annotations,
+    # dask/dask#7036: ctvol's compute and the CLI compute without it).
+    gpu = pred.is_model and _cluster_has_gpu()
+    with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
+        fine = da.map_blocks(
+            _task, haloed, pred.source, nblocks=nblocks, depth=depth, axes=ax_idx,
+            factors=factors, fuse=fuse, extend=extend, order=int(order), out_dtype=out_dtype,
+            kind=pred.kind, device=device, amp=bool(amp), labels=pred.labels,
+            outputs=pred.outputs, chunks=tuple(out_chunks),
+            meta=np.empty((0,) * len(out_chunks), dtype=out_dtype), **reshape,
+            name=f"shift-interleave-{'x'.join(map(str, factors))}-"
+                 + dask.base.tokenize(haloed, pred.source, pred.digest, pred.kind, nblocks,
+                                      depth, ax_idx, factors, fuse, extend, int(order),
+                                      out_dtype, device, bool(amp), pred.labels, pred.outputs),
+        )
 
     # ---- coordinates and attrs -----------------------------------------------
+    out_dims: tuple[Hashable, ...] = dims
+    if pred.outputs is not None:
+        out_dims = ("z", "class") if pred.outputs else ("z",)
     coords: dict[Hashable, Any] = {}
     for cname, c in arr.coords.items():
-        if not set(c.dims) & set(axes):
+        if not set(c.dims) & set(axes) and set(c.dims) <= set(out_dims):
             coords[cname] = c
     spacing_attr = list(attrs_in["spacing"]) if "spacing" in attrs_in else None
     for a, k in zip(axes, factors, strict=True):
@@ -536,17 +451,28 @@ def shift_interleave(
             coords[a] = (a, c_out, arr[a].attrs)
         if spacing_attr is not None and dims == ("z", "y", "x") and len(spacing_attr) == 3:
             spacing_attr[dims.index(a)] = float(spacing_attr[dims.index(a)]) / k
+    if pred.outputs and pred.classes is not None:
+        coords["class"] = ("class", np.array(pred.classes, dtype=object))  # zarr: vlen strings
     attrs = {key: v for key, v in attrs_in.items() if key not in ("complete", "sop_digest")}
     if spacing_attr is not None:
         attrs["spacing"] = spacing_attr
+    options = "".join([", per_slice=True" if pred.per_slice else "",
+                       ", labels=True" if pred.labels else ""])
     desc = (f"ctvol {__version__} shift_interleave(factor={list(factors)}, "
-            f"axis={list(axes)}, fuse={fuse!r}, order={order}, extend={extend}, "
-            f"predict={_describe(predict)!r})")
+            f"axis={list(axes)}, fuse={fuse!r}, order={order}, extend={extend}{options}, "
+            f"predict={pred.description!r})")
     attrs["ctvol_history"] = [*list(attrs_in.get("ctvol_history", [])), desc]
     attrs["sub_voxel_prediction"] = True
     attrs["shift_interleave"] = {
         "factor": list(factors), "axis": [str(a) for a in axes], "fuse": fuse,
         "order": int(order), "extend": bool(extend), "runs": runs,
-        "predict": _describe(predict),
+        "predict": pred.description, "model_digest": pred.digest,
+        "per_slice": pred.per_slice, "labels": pred.labels,
+        "device": device, "amp": bool(amp),
     }
-    return xr.DataArray(fine, dims=dims, coords=coords, name=name, attrs=attrs)
+    if pred.per_slice and pred.labels and pred.classes is not None:
+        # CF flags, as ctvol.classify_slices labels slices
+        attrs.update({"classes": list(pred.classes),
+                      "flag_values": list(range(len(pred.classes))),
+                      "flag_meanings": " ".join(pred.classes)})
+    return xr.DataArray(fine, dims=out_dims, coords=coords, name=name, attrs=attrs)

@@ -1,4 +1,5 @@
-"""The ``ctvol`` command line: ingest, reslice, upsample, train, evaluate, curate, run, info.
+"""The ``ctvol`` command line: ingest, reslice, upsample, shift-interleave, train, evaluate,
+curate, run, info.
 
 Commands run on a Dask scheduler: by default a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
@@ -145,6 +146,89 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
                 f"{sp[1]:.4g} x {sp[2]:.4g} mm ({args.method})")
 
     return _each_series(args, "upsample", "upsampled in-plane", make, describe)
+
+
+def _check_output(output: str, store: str) -> None:
+    """Refuse to write predictions into the input store or over something not Zarr."""
+    import os
+
+    from ctvol.errors import StoreError
+
+    if "://" in output:
+        return
+    path = os.path.abspath(os.path.expanduser(output))
+    if "://" not in store and path == os.path.abspath(os.path.expanduser(store)):
+        raise StoreError(f"-o {output} is the input store: write predictions to another "
+                         "Zarr store (e.g. predictions.zarr)")
+    if os.path.isfile(path):
+        raise StoreError(f"-o {output} is a file; choose a Zarr store path (a folder)")
+    if os.path.isdir(path):
+        entries = [e for e in os.listdir(path) if not e.startswith(".")]
+        if entries and "zarr.json" not in entries:
+            raise StoreError(f"-o {output} exists and is not a Zarr store (it holds "
+                             f"{', '.join(sorted(entries)[:3])}); choose a new output path")
+
+
+def _prediction_dataset(out: Any, args: argparse.Namespace) -> Any:
+    """The DataArray as a Dataset for ``to_zarr``: ctvol attrs on the group, CF
+    attrs on the variable, z-chunks of ~32 MB (zarr needs regular chunks)."""
+    import os
+
+    import numpy as np
+
+    var_keys = ("classes", "flag_values", "flag_meanings")
+    slice_bytes = out.dtype.itemsize * int(np.prod([out.sizes[d] for d in out.dims[1:]]))
+    zc = max(1, (32 << 20) // max(1, slice_bytes))
+    out = out.chunk({d: (zc if d == "z" else -1) for d in out.dims})
+    labels = out.attrs["shift_interleave"]["labels"]
+    var_attrs = {k: out.attrs[k] for k in var_keys if k in out.attrs}
+    var_attrs["long_name"] = "label" if labels else "probability"
+    if not labels:
+        var_attrs["units"] = "1"
+    ds = out.to_dataset()
+    ds.attrs = {k: v for k, v in out.attrs.items() if k not in var_keys}
+    ds.attrs["source"] = {"store": args.store if "://" in args.store
+                          else os.path.abspath(args.store), "key": args.key}
+    ds[out.name].attrs = var_attrs
+    return ds
+
+
+def _shift_interleave_result(args: argparse.Namespace) -> Any:
+    import ctvol
+
+    ds = ctvol.open_series(args.store, args.key)
+    factor = args.factor[0] if len(args.factor) == 1 else tuple(args.factor)
+    axis = args.axis[0] if len(args.axis) == 1 else tuple(args.axis)
+    return ds, ctvol.shift_interleave(ds, args.model, factor, axis, fuse=args.fuse,
+                                      labels=args.labels or args.fuse == "vote",
+                                      device=args.device, amp=args.amp)
+
+
+def _cmd_shift_interleave(args: argparse.Namespace) -> int:
+    from ctvol.io._group import write_group
+
+    _check_output(args.output, args.store)
+    try:
+        # Everything is checked (store, key, model, options) before a cluster
+        # starts; the graph is built again inside the scheduler context, where
+        # a cluster's GPU workers can be seen (nothing is computed either time).
+        _shift_interleave_result(args)
+        with _scheduler(args.scheduler, args.workers):
+            ds, out = _shift_interleave_result(args)
+            info = out.attrs["shift_interleave"]
+            if not args.quiet:
+                shape = " x ".join(f"{out.sizes[d]} {d}" for d in out.dims)
+                print(f"{args.key}: {' x '.join(map(str, ds.hu.shape))} -> {shape} "
+                      f"({info['predict']}, {info['runs']} runs per block)", flush=True)
+            # xarray's to_zarr writes metadata and coordinates; the blocks
+            # stream through a layer that keeps the model's GPU annotation.
+            write_group(_prediction_dataset(out, args), args.output, args.key,
+                        progress=not args.quiet)
+    except ValueError as exc:  # bad factor/axis/option, a checkpoint of another kind
+        print(f"ctvol shift-interleave: error: series {args.key}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.key}: {out.name} written to {args.output} (group {args.key})")
+    return 0
 
 
 def _series_arg(text: str) -> tuple[str, slice | None]:
@@ -298,6 +382,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_upsample)
+
+    p = sub.add_parser("shift-interleave",
+                       help="a model's output refined by shifting its input: series -> Zarr")
+    p.add_argument("store", help="input cohort store")
+    p.add_argument("key", help="series key (`ctvol info STORE` lists them)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder: a segmenter (ctvol.models.save_segmenter) or a "
+                        "slice classifier (ctvol.curation.save_slice_model)")
+    p.add_argument("--factor", type=int, nargs="+", required=True, metavar="K",
+                   help="factor k (one, or one per --axis): output spacing = spacing / k")
+    p.add_argument("--axis", nargs="+", choices=["z", "y", "x"], default=["z"],
+                   help="axes to refine (default z; slice classifiers: z only)")
+    p.add_argument("--fuse", choices=["vote", "mean"], default=None,
+                   help="fuse overlapping predictions: vote on labels (implies --labels) or "
+                        "mean of probabilities (default: pure interleave)")
+    p.add_argument("--labels", action="store_true",
+                   help="labels instead of probabilities (segmenter mask p > 0.5; a slice "
+                        "classifier's class code)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when the worker has one")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("-o", "--output", required=True,
+                   help="output Zarr store (v3); the result goes to group KEY")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_scheduler(p)
+    p.set_defaults(func=_cmd_shift_interleave)
 
     p = sub.add_parser("train", help="train a reslice U-net from a cohort store (resumable)")
     p.add_argument("store", help="cohort store")

@@ -172,15 +172,28 @@ class SliceModel:
         self._device = device
         return self
 
-    def predict(self, hu: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-        """HU slices (n, H, W) -> (n, outputs) float32: class probabilities or locations."""
+    def predict(self, hu: np.ndarray, *, batch_size: int = 64, amp: bool = False) -> np.ndarray:
+        """HU slices (n, H, W) -> (n, outputs) float32: class probabilities or locations.
+
+        ``amp``: bf16 autocast, on CUDA only (ignored on CPU). On CUDA the
+        prepared batch is copied from pinned memory, without blocking.
+        """
         import torch
 
+        device = torch.device(self._device)
+        cuda = device.type == "cuda"
         out = np.empty((hu.shape[0], self.outputs), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, hu.shape[0], batch_size):
                 x = prepare(hu[s : s + batch_size], self.input_size, self.window)
-                y = self.net(x.to(self._device)).float()
+                if cuda:
+                    x = x.pin_memory()
+                x = x.to(device, non_blocking=cuda)
+                if amp and cuda:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = self.net(x).float()
+                else:
+                    y = self.net(x).float()
                 y = torch.softmax(y, dim=1) if self.task == "classify" else torch.sigmoid(y)
                 out[s : s + batch_size] = y.cpu().numpy()
         return out

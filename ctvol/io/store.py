@@ -485,7 +485,7 @@ def _write_block(block: np.ndarray, *, store: str, path: str,
     arr = zarr.open_array(store, path=path, mode="r+",
                           storage_options=dict(storage_options or {}) or None)
     arr[z0:z1] = block
-    return np.zeros((block.shape[0], 1, 1), dtype=np.int8)
+    return np.zeros((block.shape[0],) + (1,) * (block.ndim - 1), dtype=np.int8)
 
 
 def write(

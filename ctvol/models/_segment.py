@@ -45,6 +45,12 @@ def seg_net(*, depth: int = 2, base: int = 8) -> Any:
 class SegmentModel:
     """A trained per-slice segmenter: (n, H, W) HU -> (n, H, W) probabilities.
 
+    Runs where :class:`ctvol.models.ResliceModel` runs: on the device it was
+    moved to (:meth:`to`), in :func:`torch.inference_mode`, channels-last,
+    with pinned-memory, non-blocking host-to-GPU copies and optional bf16
+    autocast on CUDA. :func:`ctvol.shift_interleave` moves it for you
+    (``device=``), once per worker process and device.
+
     Parameters
     ----------
     net : torch.nn.Module
@@ -53,8 +59,15 @@ class SegmentModel:
         HU window mapped to [0, 1] before the network.
     provenance : dict, optional
         Training facts, kept in the checkpoint.
+    path : str, optional
+        The checkpoint folder it was loaded from or saved to.
     batch_size : int
         Slices per forward pass.
+
+    Notes
+    -----
+    The digest (the model's identity in caches and reports) is computed once:
+    do not keep training a network after wrapping it.
     """
 
     def __init__(self, net: Any, *, window: tuple[float, float] = HU_WINDOW,
@@ -65,6 +78,8 @@ class SegmentModel:
         self.provenance = dict(provenance or {})
         self.path = path
         self.batch_size = int(batch_size)
+        self._digest: str | None = None
+        self._device = "cpu"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -73,27 +88,73 @@ class SegmentModel:
 
     @property
     def digest(self) -> str:
-        """SHA-256 of config and weights."""
-        from ._checkpoint import weights_digest
+        """SHA-256 of config and weights: identifies the model in caches and reports."""
+        if self._digest is None:
+            from ._checkpoint import weights_digest
 
-        return weights_digest(self.config, self.net)
+            self._digest = weights_digest(self.config, self.net)
+        return self._digest
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        """Probabilities (float32, same shape) for a block of slices along its first axis."""
+    @property
+    def device(self) -> str:
+        """Where the network's weights live (``"cpu"``, ``"cuda"``, ``"cuda:1"``...)."""
+        return self._device
+
+    def to(self, device: str) -> SegmentModel:
+        """Move the network to ``device`` (channels-last), in place; returns self."""
+        import torch
+
+        self.net.to(torch.device(device), memory_format=torch.channels_last)
+        self._device = device
+        return self
+
+    def predict(self, block: np.ndarray, *, batch_size: int | None = None,
+                amp: bool = False) -> np.ndarray:
+        """Probabilities for a block of slices along its first axis.
+
+        Parameters
+        ----------
+        block : (n, H, W) array
+            Values in HU.
+        batch_size : int, optional
+            Slices per forward pass (default: the model's ``batch_size``).
+        amp : bool, default False
+            bf16 autocast, on CUDA only (ignored on CPU).
+
+        Returns
+        -------
+        (n, H, W) float32 array of foreground probabilities in [0, 1].
+        """
         import torch
 
         if block.ndim != 3:
             raise ValueError(f"SegmentModel takes (n, H, W) blocks, got shape {block.shape}")
-        x = to_unit(block, self.window).astype(np.float32)
+        step = int(batch_size or self.batch_size)
+        device = torch.device(self._device)
+        cuda = device.type == "cuda"
+        x = to_unit(np.asarray(block), self.window).astype(np.float32, copy=False)
         out = np.empty(block.shape, dtype=np.float32)
         with torch.inference_mode():
-            for s in range(0, x.shape[0], self.batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(x[s : s + self.batch_size, None]))
-                out[s : s + self.batch_size] = torch.sigmoid(self.net(t))[:, 0].numpy()
+            for s in range(0, x.shape[0], step):
+                t = torch.from_numpy(np.ascontiguousarray(x[s : s + step, None]))
+                if cuda:  # page-locked host memory: the copy overlaps with compute
+                    t = t.pin_memory()
+                t = t.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+                if amp and cuda:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        logits = self.net(t)
+                else:
+                    logits = self.net(t)
+                out[s : s + step] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
         return out
 
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """``predict(block)``: the model is itself a block predictor."""
+        return self.predict(block)
+
     def __repr__(self) -> str:
-        return f"<SegmentModel {self.net.config} {self.path or '(in memory)'}>"
+        return (f"<SegmentModel {self.net.config} on {self._device} "
+                f"{self.path or '(in memory)'}>")
 
 
 def save_segmenter(model: SegmentModel, path: str | os.PathLike[str]) -> pathlib.Path:
