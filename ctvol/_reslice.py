@@ -220,6 +220,8 @@ def reslice(
                 f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was "
                 f"asked; use factor={loaded.factor} or a model trained for {k}"
             )
+    # device=None is resolved where the blocks run (a GPU worker of a cluster
+    # whose client has none); here only for the threaded scheduler's cache.
     dev = resolve_device(device) if method == "unet" else "cpu"
     # Checkpoints on disk travel to workers as their path (each worker process
     # loads it once; the threaded scheduler reuses the copy loaded here); an
@@ -257,7 +259,7 @@ def reslice(
         # align_arrays=False keeps the blocks paired by index, not rechunked.
         out = da.blockwise(
             _block, "zyx", hu, "zyx", after, "zyx", block_ids, "z", model_arg, None,
-            k=k, nblocks=len(zc), method=method, device=dev, batch_size=batch_size, amp=amp,
+            k=k, nblocks=len(zc), method=method, device=device, batch_size=batch_size, amp=amp,
             adjust_chunks={"z": out_chunks}, align_arrays=False, concatenate=False,
             dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16),
             token=f"reslice-{method}-x{k}",
@@ -301,7 +303,7 @@ def _cluster_has_gpu() -> bool:
 
 
 def _block(cur: np.ndarray, after: np.ndarray, block_id: np.ndarray, model: Any, *, k: int,
-           nblocks: int, method: str, device: str, batch_size: int,
+           nblocks: int, method: str, device: str | None, batch_size: int,
            amp: bool) -> np.ndarray:
     from .inference import reslice_block
 

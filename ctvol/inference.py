@@ -189,7 +189,7 @@ def reslice_block(
     last: bool,
     method: str,
     model: Any = None,
-    device: str = "cpu",
+    device: str | None = "cpu",
     batch_size: int = 16,
     amp: bool = False,
 ) -> np.ndarray:
@@ -228,7 +228,7 @@ def reslice_block(
         for i in range(pairs):
             _linear_into(out[i * k + 1 : (i + 1) * k], cur[i], nxt(i), k, scratch)
         return out
-    m = _model(model, device)
+    m = _model(model, resolve_device(device))
     window = m.window
     b = np.stack([nxt(i) for i in range(pairs)])
     x = np.stack([to_unit(cur[:pairs], window), to_unit(b, window)], axis=1)

@@ -549,28 +549,38 @@ def write_many(
     compressor: str | Any = "lz4",
     progress: bool = False,
     errors: str = "raise",
+    in_flight: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Exception | None]:
     """Write several volumes into a cohort store; concurrently on a Client.
 
-    Every series is written as by :func:`write` (its ``complete`` flag last,
-    so a series is visible only once all of it is written). On a
-    ``distributed`` Client all series' graphs are submitted together, so the
-    workers stay busy across series boundaries (a cohort of short series
-    does not idle at the tail of each one), and each series is flagged
-    complete as soon as its own blocks finish. Without a Client (threads),
-    series are written one after another, each in parallel over its blocks.
+    Every series is written as by :func:`write`: its metadata first (an
+    existing series of that key stops being visible), then its pixels, then
+    its ``complete`` flag, so a series is visible only once all of it is
+    written. On a ``distributed`` Client up to ``in_flight`` series are
+    computed at once, so the workers stay busy across series boundaries (a
+    cohort of short series does not idle at the tail of each one) while only
+    those series are ever incomplete; a series is started only when a slot
+    frees. Without a Client (threads), series are written one after another,
+    each in parallel over its blocks.
 
     Parameters
     ----------
     series : mapping of key -> xarray.Dataset
     store : path or URL
-        A cohort store (created if absent, before anything is computed).
+        A cohort store (created if absent).
     errors : {"raise", "collect"}, default "raise"
         ``"collect"``: a series whose graph fails (a bad input block, a model
         error) is left invisible and its exception returned; the others are
         written. A store that cannot take writes (:class:`StoreWriteError`)
-        always raises, after cancelling what is still pending.
+        always raises, after cancelling what is in flight; series not yet
+        started are untouched.
+    in_flight : int, optional
+        Series computed at once on a Client; default: the cluster's worker
+        threads (at least 2).
+    progress : bool, default False
+        A line per series written (on a Client), or dask's progress bar per
+        series (threads).
 
     Returns
     -------
@@ -584,57 +594,62 @@ def write_many(
     outcome: dict[str, Exception | None] = {}
     if not series:
         return outcome
-    first = next(iter(series))
-    root = _writable_root(store, first, storage_options)
-    plans = {key: _plan_write(ds, store, key, compressor=compressor,
-                              storage_options=storage_options, root=root)
-             for key, ds in series.items()}
+    root = _writable_root(store, next(iter(series)), storage_options)
+
+    def plan(key: str) -> Any:
+        return _plan_write(series[key], store, key, compressor=compressor,
+                           storage_options=storage_options, root=root)
+
+    def failed(key: str, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _write_error(exc, store, key) from exc
+        if errors == "raise" or not isinstance(exc, Exception):
+            raise exc
+        outcome[key] = exc
+
     client = active_client()
     if client is None:
-        for key, done in plans.items():
+        for key in series:
             try:
-                compute([done], progress=progress)
-            except OSError as exc:
-                if exc.errno in _WRITE_ERRNOS:
-                    raise _write_error(exc, store, key) from exc
-                if errors == "raise":
-                    raise
-                outcome[key] = exc
-                continue
-            except Exception as exc:
-                if errors == "raise":
-                    raise
-                outcome[key] = exc
+                compute([plan(key)], progress=progress)
+            except BaseException as exc:
+                failed(key, exc)
                 continue
             _mark_complete(store, key, storage_options)
             outcome[key] = None
-        return outcome
+        return {key: outcome[key] for key in series}
 
     from distributed import as_completed
 
-    # optimize_graph=False keeps task annotations (reslice's GPU resource).
-    futures = client.compute(list(plans.values()), optimize_graph=False)
-    keys = {f.key: key for f, key in zip(futures, plans, strict=True)}
-    if progress:
-        from distributed import progress as dprogress
+    slots = in_flight or max(2, sum(client.nthreads().values()))
+    todo = iter(series)
+    running: dict[str, str] = {}  # future key -> series key
+    pool = as_completed()
 
-        dprogress(futures)
+    def submit_next() -> None:
+        key = next(todo, None)
+        if key is not None:
+            # optimize_graph=False keeps task annotations (reslice's GPU resource).
+            fut = client.compute(plan(key), optimize_graph=False)
+            running[fut.key] = key
+            pool.add(fut)
+
+    for _ in range(slots):
+        submit_next()
     try:
-        for fut in as_completed(futures):
-            key = keys[fut.key]
+        for fut in pool:
+            key = running.pop(fut.key)
             if fut.status == "error":
-                err = fut.exception()
-                if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
-                    raise _write_error(err, store, key) from err
-                if errors == "raise":
-                    raise err
-                outcome[key] = err
-                continue
-            _mark_complete(store, key, storage_options)
-            outcome[key] = None
+                failed(key, fut.exception())
+            else:
+                _mark_complete(store, key, storage_options)
+                outcome[key] = None
+                if progress:
+                    print(f"written {len(outcome)}/{len(series)}: {key}", flush=True)
+            submit_next()
     finally:
-        client.cancel([f for f in futures if not f.done()])
-    return {key: outcome[key] for key in plans}
+        client.cancel([f for f in pool.futures if not f.done()])
+    return {key: outcome[key] for key in series}
 
 
 def _writable_root(store: str | os.PathLike[str], key: str,
