@@ -70,75 +70,18 @@ def psnr(truth: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> np.
     return psnr_from_mse(mse(truth, test), data_range)
 
 
-def _box7(a: np.ndarray) -> np.ndarray:
-    """Sum over every 7×7 window fully inside the image ("valid" region), last two axes.
-
-    Rows: seven shifted adds of whole rows (contiguous, vectorised); columns:
-    ``scipy.ndimage.correlate1d`` with a ones kernel along the contiguous axis,
-    then the 3-pixel border is cropped. Integer input stays integer (exact).
-    """
-    from scipy.ndimage import correlate1d
-
-    h = a.shape[-2]
-    rows = a[..., 0:h - 6, :].copy()
-    for i in range(1, _WIN):
-        rows += a[..., i:h - 6 + i, :]
-    ones = np.ones(_WIN, dtype=rows.dtype)
-    return correlate1d(rows, ones, axis=-1, mode="constant")[..., 3:-3]
-
-
-def _ssim_from_sums(a: np.ndarray, b: np.ndarray, data_range: float, dtype: type) -> float:
-    """SSIM of one slice from its 7×7 window sums (scikit-image's formula, rescaled).
-
-    With window sums A = N·ux, AA = N·uxx, … (N = 49), every factor of S is
-    multiplied by N², so integer inputs give integer sums and products that
-    float64 holds exactly (all below 2**53 for 12-bit levels).
-    """
-    st = np.empty((5, *a.shape), dtype)
-    st[0] = a
-    st[1] = b
-    np.multiply(st[0], st[0], out=st[2])
-    np.multiply(st[1], st[1], out=st[3])
-    np.multiply(st[0], st[1], out=st[4])
-    sa, sb, saa, sbb, sab = _box7(st).astype(np.float64, copy=False)
-    n = float(_WIN**2)
-    cov_norm = n / (n - 1)
-    c1 = (_K1 * data_range * n) ** 2
-    c2 = (_K2 * data_range * n) ** 2
-    ab = sa * sb
-    lum = 2 * ab + c1                                  # (2 ux uy + C1)·N²
-    con = n * sab - ab
-    con *= 2 * cov_norm
-    con += c2                                          # (2 vxy + C2)·N²
-    lum *= con
-    sa *= sa
-    sb *= sb
-    den = n * saa - sa
-    den += n * sbb
-    den -= sb
-    den *= cov_norm
-    den += c2                                          # (vx + vy + C2)·N²
-    sa += sb
-    sa += c1                                           # (ux² + uy² + C1)·N²
-    den *= sa
-    lum /= den
-    return float(lum.mean())
-
-
 def ssim(truth: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> np.ndarray:
     """Mean structural similarity of every slice (scikit-image's defaults) → (z,).
 
     scikit-image filters the whole slice (mode "reflect") and then crops a
     3-pixel border before averaging; the cropped values depend on in-image
     pixels only, so this sums the 7×7 windows over the "valid" region
-    directly (float64), a slice at a time so the moment maps stay in cache.
-    Identical slices give exactly 1.
+    directly (float64, :func:`_strip_metrics`). Identical slices give exactly 1.
     """
     a, b = _as_blocks(truth, test)
     if min(a.shape[1:]) < _WIN:
         raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
-    return np.array([1.0 if np.array_equal(x, y) else _ssim_from_sums(x, y, data_range, np.float64)
-                     for x, y in zip(a, b, strict=True)], dtype=np.float64)
+    return _strip_metrics(a, b, data_range=float(data_range))[:, 1]
 
 
 #: Elements per moment map in one strip of the integer SSIM kernel (slices x
@@ -150,17 +93,24 @@ _STRIP_ELEMENTS = 65536
 _STRIP_SLICES = 4
 
 
-def _integer_metrics(t: np.ndarray, u: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """PSNR, SSIM, MSE of integer HU slices clipped to [lo, hi], on levels 0 … hi-lo.
+def _strip_metrics(t: np.ndarray, u: np.ndarray, *, data_range: float,
+                   clip: tuple[int, int] | None = None) -> np.ndarray:
+    """PSNR, SSIM, MSE of every slice pair, one pass in strips of rows of a few slices.
 
-    One pass over the data, a strip of rows of a few slices at a time: clip
-    and shift into int32, the squared differences (MSE), the five moment
-    maps, their 7×7 window sums by shifted adds (rows, then columns; exact in
-    int32 for up to 4096 levels), and scikit-image's SSIM ratio in float64 on
-    the strip. Only the ratios round, so results equal scikit-image's float64
-    computation to ~1e-13 (its own filters round at ~1e-7).
+    Per strip: the two images (integer HU: clipped to ``clip`` = (lo, hi) and
+    shifted to levels 0 … hi-lo, in int32; otherwise float64 as given), the
+    squared differences (MSE), the five moment maps, their 7×7 window sums by
+    shifted adds (rows, then columns) and scikit-image's SSIM ratio in
+    float64. For integers every sum is exact (int32 holds 49·4096², float64
+    the squared differences) and only the ratios round, so results equal
+    scikit-image's float64 computation to ~1e-13 (its own filters round at
+    ~1e-7). MSE is on the scale where ``data_range`` is 1 … for integers
+    (levels / (hi-lo)), as given for floats.
     """
-    levels = hi - lo
+    integer = clip is not None
+    lo, hi = clip if clip is not None else (0, 0)
+    levels = float(hi - lo) if integer else float(data_range)
+    work = np.int32 if integer else np.float64
     nz, h, w = t.shape
     out = np.empty((nz, 3))
     same = np.array([np.array_equal(a, b) for a, b in zip(t, u, strict=True)], dtype=bool)
@@ -172,9 +122,9 @@ def _integer_metrics(t: np.ndarray, u: np.ndarray, lo: int, hi: int) -> np.ndarr
     c2 = (_K2 * levels * n) ** 2
     g = max(1, min(_STRIP_SLICES, todo.size))
     rows = max(1, min(h - 6, _STRIP_ELEMENTS // (g * w)))
-    st = np.empty((5, g, rows + 6, w), np.int32)        # x, y, xx, yy, xy
-    rs = np.empty((5, g, rows, w), np.int32)            # 7-row sums
-    cs = np.empty((5, g, rows, w - 6), np.int32)        # 7x7 window sums
+    st = np.empty((5, g, rows + 6, w), work)            # x, y, xx, yy, xy
+    rs = np.empty((5, g, rows, w), work)                # 7-row sums
+    cs = np.empty((5, g, rows, w - 6), work)            # 7x7 window sums
     fl = np.empty((6, g, rows, w - 6), np.float64)
     dd = np.empty((g, rows + 6, w), np.float64)
     for z0 in range(0, todo.size, g):
@@ -186,15 +136,19 @@ def _integer_metrics(t: np.ndarray, u: np.ndarray, lo: int, hi: int) -> np.ndarr
         for r0 in range(0, h - 6, rows):
             k = min(rows, h - 6 - r0)                   # output rows of this strip
             s = st[:, :q, : k + 6]
-            np.clip(x[:, r0 : r0 + k + 6], lo, hi, out=s[0])
-            np.clip(y[:, r0 : r0 + k + 6], lo, hi, out=s[1])
-            s[0] -= lo
-            s[1] -= lo
+            if integer:
+                np.clip(x[:, r0 : r0 + k + 6], lo, hi, out=s[0])
+                np.clip(y[:, r0 : r0 + k + 6], lo, hi, out=s[1])
+                s[0] -= lo
+                s[1] -= lo
+            else:
+                np.copyto(s[0], x[:, r0 : r0 + k + 6])
+                np.copyto(s[1], y[:, r0 : r0 + k + 6])
             # Squared differences of rows r0 … r0+k (the last strip: to the end).
             m = k + 6 if r0 + k >= h - 6 else k
             d = dd[:q, :m]
             np.subtract(s[0, :, :m], s[1, :, :m], out=d)
-            sq += np.einsum("zyx,zyx->z", d, d)     # exact: integers below 2**53
+            sq += np.einsum("zyx,zyx->z", d, d)     # integers: exact below 2**53
             np.multiply(s[0], s[0], out=s[2])
             np.multiply(s[1], s[1], out=s[3])
             np.multiply(s[0], s[1], out=s[4])
@@ -231,9 +185,9 @@ def _integer_metrics(t: np.ndarray, u: np.ndarray, lo: int, hi: int) -> np.ndarr
             saa *= sa
             lum /= saa
             ssum += lum.sum(axis=(1, 2))
-        out[zs, 2] = sq / (float(h * w) * float(levels) ** 2)
+        out[zs, 2] = sq / (float(h * w) * (levels**2 if integer else 1.0))
         out[zs, 1] = ssum / ((h - 6) * (w - 6))
-    out[:, 0] = psnr_from_mse(out[:, 2])
+    out[:, 0] = psnr_from_mse(out[:, 2], 1.0 if integer else data_range)
     return out
 
 
@@ -279,11 +233,12 @@ def slice_metrics(truth_hu: np.ndarray, test_hu: np.ndarray, *,
             raise ValueError(f"expected (y, x) or (z, y, x) arrays, got {a.ndim} dimensions")
         if min(a.shape[1:]) < _WIN:
             raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
-        return _integer_metrics(a, b, int(lo), int(hi))
+        return _strip_metrics(a, b, data_range=1.0, clip=(int(lo), int(hi)))
     a, b = _as_blocks((np.clip(t.astype(np.float64), lo, hi) - lo) / (hi - lo),
                       (np.clip(u.astype(np.float64), lo, hi) - lo) / (hi - lo))
-    m = mse(a, b)
-    return np.stack([psnr_from_mse(m), ssim(a, b), m], axis=1)
+    if min(a.shape[1:]) < _WIN:
+        raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
+    return _strip_metrics(a, b, data_range=1.0)
 
 
 def _block(truth: np.ndarray, *tests: np.ndarray, window: tuple[float, float]) -> np.ndarray:
