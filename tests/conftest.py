@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,3 +52,25 @@ def sample_store(tmp_path_factory: pytest.TempPathFactory, sample_dir: pathlib.P
     store = str(tmp_path_factory.mktemp("sample") / "cohort.zarr")
     ctvol.ingest(sample_dir, store)
     return store
+
+
+@pytest.fixture
+def gpu_cluster() -> Iterator[tuple[Any, str]]:
+    """A Client on an in-process cluster of two workers, one declaring ``GPU=1``:
+    yields (client, address of the GPU worker). Tasks annotated with the GPU
+    resource must run only there."""
+    from distributed import Client, LocalCluster, Worker
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                           dashboard_address=":0")
+    cluster.worker_spec["gpu"] = {"cls": Worker,
+                                  "options": {"nthreads": 1, "resources": {"GPU": 1}}}
+    cluster.sync(cluster._correct_state)
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2)
+            workers = client.scheduler_info()["workers"]
+            (gpu,) = [a for a, w in workers.items() if w.get("resources")]
+            yield client, gpu
+    finally:
+        cluster.close()

@@ -216,27 +216,17 @@ def test_cli_reslice(sample_store: str, tmp_path: pathlib.Path,
     assert "no bundled U-net for factor 2" in capsys.readouterr().err
 
 
-def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path) -> None:
+def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path,
+                                                       gpu_cluster: tuple[object, str]) -> None:
     """Only the worker that declares GPU=1 runs U-net blocks (dask/dask#7036 guard)."""
-    from distributed import Client, LocalCluster, Worker, get_task_stream
+    from distributed import get_task_stream
 
     save_model(tiny_model(3), tmp_path / "m")
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=":0")
-    cluster.worker_spec["gpu"] = {"cls": Worker,
-                                  "options": {"nthreads": 1, "resources": {"GPU": 1}}}
-    cluster.sync(cluster._correct_state)
-    try:
-        with Client(cluster) as client:
-            client.wait_for_workers(2)
-            workers = client.scheduler_info()["workers"]
-            (gpu,) = [a for a, w in workers.items() if w.get("resources")]
-            with get_task_stream() as ts:
-                out = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m"),
-                                    device="cpu")
-                ctvol.write(out, tmp_path / "o.zarr", "k")
-    finally:
-        cluster.close()
+    _, gpu = gpu_cluster
+    with get_task_stream() as ts:
+        out = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m"),
+                            device="cpu")
+        ctvol.write(out, tmp_path / "o.zarr", "k")
     ran_on = [t["worker"] for t in ts.data if "reslice-unet" in str(t["key"])]
     assert len(ran_on) == 5  # one task per z-block
     assert set(ran_on) == {gpu}

@@ -447,33 +447,22 @@ def test_cuda_matches_cpu_closely(tmp_path: pathlib.Path) -> None:
     np.testing.assert_allclose(bf16, cpu, atol=2e-2)
 
 
-def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path) -> None:
+def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path,
+                                                     gpu_cluster: tuple[object, str]) -> None:
     """Only the worker that declares GPU=1 runs the model's blocks (as ctvol.reslice's)."""
-    from distributed import Client, LocalCluster, Worker, get_task_stream
+    from distributed import get_task_stream
 
     from ctvol._compute import compute
     from ctvol.io._group import write_group
 
     save_segmenter(tiny_segmenter(), tmp_path / "seg")
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=":0")
-    cluster.worker_spec["gpu"] = {"cls": Worker,
-                                  "options": {"nthreads": 1, "resources": {"GPU": 1}}}
-    cluster.sync(cluster._correct_state)
     ds = _volume(n=9, chunks=2)
-    try:
-        with Client(cluster) as client:
-            client.wait_for_workers(2)
-            workers = client.scheduler_info()["workers"]
-            (gpu,) = [a for a, w in workers.items() if w.get("resources")]
-            with get_task_stream() as ts:
-                (out,) = compute([ctvol.shift_interleave(ds, str(tmp_path / "seg"), 3,
-                                                         device="cpu")])
-                # The CLI's writer keeps the annotation too (to_zarr's graph would not).
-                fine = ctvol.shift_interleave(ds, str(tmp_path / "seg"), 2, device="cpu")
-                write_group(fine.to_dataset(), tmp_path / "p.zarr", "k")
-    finally:
-        cluster.close()
+    _, gpu = gpu_cluster
+    with get_task_stream() as ts:
+        (out,) = compute([ctvol.shift_interleave(ds, str(tmp_path / "seg"), 3, device="cpu")])
+        # The CLI's writer keeps the annotation too (to_zarr's graph would not).
+        fine = ctvol.shift_interleave(ds, str(tmp_path / "seg"), 2, device="cpu")
+        write_group(fine.to_dataset(), tmp_path / "p.zarr", "k")
     ran_on = [t["worker"] for t in ts.data if "shift-interleave" in str(t["key"])]
     assert len(ran_on) == 10  # one task per z-block, twice
     assert set(ran_on) == {gpu}

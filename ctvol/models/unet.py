@@ -102,8 +102,36 @@ class UNetCore(nn.Module):
         return self.features(x)
 
 
-class UNet(UNetCore):
+class _Generator(UNetCore):
+    """A core whose output is an image in [0, 1]: ``"sigmoid"`` maps the head's
+    output straight there; ``"residual"`` adds it to :meth:`baseline` and clips
+    (the head starts at zero, so an untrained network is its baseline)."""
+
+    def __init__(self, cin: int, cout: int, factor: int, depth: int, base: int, norm: str,
+                 output: str) -> None:
+        if output not in ("sigmoid", "residual"):
+            raise ValueError(f"output must be 'sigmoid' or 'residual', got {output!r}")
+        super().__init__(cin, cout, depth, base, norm)
+        self.config = {"factor": int(factor), "depth": int(depth), "base": int(base),
+                       "norm": norm, "output": output}
+        self.factor, self.output = int(factor), output
+        if output == "residual":
+            self.zero_head()
+
+    def baseline(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        if self.output == "sigmoid":
+            return torch.sigmoid(y)
+        return (self.baseline(x) + y).clamp(0.0, 1.0)
+
+
+class UNet(_Generator):
     """2-D U-net mapping a slice pair to the ``factor - 1`` slices between.
+
+    (n, 2, H, W) in [0, 1] -> (n, factor-1, H, W) in [0, 1].
 
     Parameters
     ----------
@@ -116,24 +144,13 @@ class UNet(UNetCore):
         Filters of the first level (doubled at each level).
     norm : {"batch", "instance", "none"}, default "batch"
     output : {"sigmoid", "residual"}, default "sigmoid"
+        ``"residual"``: an untrained model is exactly the linear interpolation
+        of the pair, and training can only move away from it.
     """
 
     def __init__(self, factor: int, depth: int = 4, base: int = 16, norm: str = "batch",
                  output: str = "sigmoid") -> None:
-        if output not in ("sigmoid", "residual"):
-            raise ValueError(f"output must be 'sigmoid' or 'residual', got {output!r}")
-        super().__init__(2, int(factor) - 1, depth, base, norm)
-        self.config = {"factor": int(factor), "depth": int(depth),
-                                       "base": int(base), "norm": norm, "output": output}
-        self.factor, self.output = int(factor), output
-        if output == "residual":
-            # Start exactly at the baseline: an untrained residual model is the
-            # linear interpolation, and training can only move away from it.
-            self.zero_head()
+        super().__init__(2, int(factor) - 1, factor, depth, base, norm, output)
 
-    def forward(self, pair: torch.Tensor) -> torch.Tensor:
-        """(n, 2, H, W) in [0, 1] -> (n, factor-1, H, W) in [0, 1]."""
-        x = self.features(pair)
-        if self.output == "sigmoid":
-            return torch.sigmoid(x)
-        return (linear_between(pair, self.factor) + x).clamp(0.0, 1.0)
+    def baseline(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_between(x, self.factor)
