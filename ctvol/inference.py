@@ -104,8 +104,24 @@ def _model(source: Any, device: str) -> Any:
     return cached_model(source, device, ResliceModel, load_model)
 
 
+def _host_threads(worker: Any) -> int:
+    """Worker threads on this worker's host (all workers there), at least its own."""
+    own = max(1, int(worker.state.nthreads))
+    try:
+        from distributed import get_client
+
+        host = worker.address.rsplit(":", 1)[0]
+        infos = get_client().scheduler_info(n_workers=-1)["workers"].values()
+        total = sum(int(w.get("nthreads", 0)) for w in infos
+                    if str(w.get("host", "")) and host.endswith(str(w["host"])))
+    except Exception:  # no scheduler reachable: count this worker alone
+        return own
+    return max(own, total)
+
+
 def _configure_torch_threads() -> None:
-    """In a dask.distributed worker, split the cores between the worker's threads.
+    """In a dask.distributed worker, split the host's cores between the worker
+    threads on that host (every worker process there, e.g. a LocalCluster's).
 
     Each worker thread runs its own forward passes; torch's intra-op pool per
     pass is sized so that together they do not oversubscribe the machine.
@@ -125,7 +141,7 @@ def _configure_torch_threads() -> None:
 
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, worker.state.nthreads)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _host_threads(worker)))
 
 
 def generate_linear(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -332,3 +333,24 @@ def test_in_memory_model_graph_key_is_its_digest() -> None:
     assert g1.name == g2.name and g1.name != g3.name
     keys = {str(k) for k in dict(g1.__dask_graph__())}
     assert f"reslice-model-{m.digest}" in keys
+
+
+def _torch_threads_in_worker() -> tuple[int, int]:
+    import torch
+
+    from ctvol.inference import _configure_torch_threads
+
+    _configure_torch_threads()
+    return torch.get_num_threads(), os.cpu_count() or 1
+
+
+def test_worker_torch_threads_split_the_host_between_all_its_workers() -> None:
+    """Two single-threaded worker processes on one host get half the cores each
+    (not all of them each: 2 x cores intra-op threads would oversubscribe)."""
+    from distributed import Client, LocalCluster
+
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                       dashboard_address=":0") as cluster, Client(cluster) as client):
+        got = [client.submit(_torch_threads_in_worker, workers=[w], pure=False).result()
+               for w in client.scheduler_info()["workers"]]
+    assert [n for n, _ in got] == [max(1, cores // 2) for _, cores in got]
