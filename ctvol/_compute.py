@@ -181,12 +181,41 @@ def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
     return list(dask.persist(*collections))
 
 
+#: Entries of distributed's developer logs (``distributed.admin.low-level-log-length``,
+#: default 1000) in the clusters and clients started here. Each batched stream
+#: (client -> scheduler, scheduler -> every worker) keeps its last that many
+#: payloads and each worker its last task stimuli, task specs included: with the
+#: default, a cohort of small tasks keeps tens of MiB of finished tasks' specs
+#: alive in the driver (the Client; a LocalCluster's scheduler) and in every
+#: worker, growing with the cohort up to the cap (measured in docs/cluster.md).
+LOW_LEVEL_LOG_LENGTH = 50
+
+
+@contextlib.contextmanager
+def _short_developer_logs() -> Iterator[None]:
+    """Cap distributed's developer logs at :data:`LOW_LEVEL_LOG_LENGTH` (unless
+    configured lower, or unbounded on purpose with None) while objects are created."""
+    import dask
+
+    key = "distributed.admin.low-level-log-length"
+    current = dask.config.get(key, None)
+    if isinstance(current, int) and current > LOW_LEVEL_LOG_LENGTH:
+        with dask.config.set({key: LOW_LEVEL_LOG_LENGTH}):
+            yield
+    else:
+        yield
+
+
 @contextlib.contextmanager
 def scheduler_context(spec: str, workers: int | None = None, *,
                       announce: bool = False) -> Iterator[Any]:
     """Run the block on a scheduler: ``"threads"``, ``"local"`` (a LocalCluster,
     one single-threaded worker process per core unless ``workers``) or a
     distributed scheduler address. Yields the Client, or None for threads.
+
+    The cluster and client started here keep distributed's developer logs
+    short (:data:`LOW_LEVEL_LOG_LENGTH`), so their memory does not grow with
+    the number of tasks run.
     """
     if spec == "threads":
         import dask
@@ -199,6 +228,7 @@ def scheduler_context(spec: str, workers: int | None = None, *,
     if spec == "local":
         n = workers or os.cpu_count() or 1
         with (
+            _short_developer_logs(),  # read when the scheduler, workers and client start
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                          dashboard_address=":0") as cluster,
             Client(cluster) as client,
@@ -208,5 +238,5 @@ def scheduler_context(spec: str, workers: int | None = None, *,
                       f"{client.dashboard_link}", flush=True)
             yield client
     else:
-        with Client(spec) as client:
+        with _short_developer_logs(), Client(spec) as client:
             yield client
