@@ -8,12 +8,14 @@ already running is used when there is one, otherwise the configured default
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["active_client", "compute", "persist", "scheduler_context"]
+__all__ = ["active_client", "compute", "compute_bounded", "default_in_flight", "persist",
+           "scheduler_context"]
 
 
 def active_client() -> Any:
@@ -66,6 +68,95 @@ def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
     return list(dask.compute(*tasks))
 
 
+def default_in_flight() -> int:
+    """Items to keep submitted at once: twice the Client's worker threads, else
+    twice the cores (enough queued work that no worker idles between items)."""
+    client = active_client()
+    threads = sum(client.nthreads().values()) if client is not None else os.cpu_count()
+    return 2 * max(1, threads or 1)
+
+
+def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = False,
+                    total: int | None = None, what: str = "items") -> Iterator[tuple[int, Any]]:
+    """Compute dask objects drawn lazily from ``items``, at most ``in_flight`` at once.
+
+    ``items`` is advanced only when a slot frees, so a generator that builds
+    each graph when asked keeps at most ``in_flight`` graphs alive in this
+    process and on the scheduler: memory is bounded by the window, not by
+    the number of items (:func:`compute` builds and submits them all at once).
+    Results are computed, not persisted: once gathered, nothing of an item's
+    graph stays on the scheduler (a persisted result keeps its whole lineage
+    there, to recompute it if a worker is lost).
+
+    Parameters
+    ----------
+    items : iterable of dask objects
+        Each item is one dask collection or delayed object (wrap several in
+        one ``dask.delayed`` to compute them as one item).
+    in_flight : int
+        On a Client, items submitted and not finished at any time (a new one
+        is submitted as each finishes); on local schedulers, items computed
+        together, one group after another.
+    progress : bool, default False
+        Print ``what: done/total`` about every 5 % of the items.
+
+    Yields
+    ------
+    (int, object)
+        The item's number in ``items`` and its result, as items finish (in
+        order on local schedulers, in any order on a Client). The first
+        failing item's exception is raised after what is still running is
+        cancelled.
+    """
+    import dask
+
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+    step = max(1, (total or 0) // 20)
+    done = 0
+
+    def report() -> None:
+        if progress and (done % step == 0 or done == total):
+            print(f"{what}: {done}/{total if total is not None else '?'}", flush=True)
+
+    numbered = enumerate(items)
+    client = active_client()
+    if client is None:
+        while group := list(itertools.islice(numbered, in_flight)):
+            values = dask.compute(*(obj for _, obj in group))
+            for (i, _), value in zip(group, values, strict=True):
+                done += 1
+                report()
+                yield i, value
+        return
+
+    from distributed import as_completed
+
+    running: dict[int, int] = {}  # id(future) -> item number
+    pool = as_completed()
+
+    def submit() -> None:
+        nxt = next(numbered, None)
+        if nxt is not None:
+            # optimize_graph=False keeps task annotations (dask/dask#7036).
+            fut = client.compute(nxt[1], optimize_graph=False)
+            running[id(fut)] = nxt[0]
+            pool.add(fut)
+
+    for _ in range(in_flight):
+        submit()
+    try:
+        for fut in pool:
+            i, value = running.pop(id(fut)), fut.result()  # raises the item's exception
+            del fut  # its result leaves the cluster before the next item is built
+            done += 1
+            report()
+            submit()
+            yield i, value
+    finally:
+        client.cancel([f for f in pool.futures if not f.done()])
+
+
 def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
     """Persist dask collections where they will be used: on the Client's
     workers when one is active (results stay distributed), else in memory.
@@ -90,12 +181,41 @@ def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
     return list(dask.persist(*collections))
 
 
+#: Entries of distributed's developer logs (``distributed.admin.low-level-log-length``,
+#: default 1000) in the clusters and clients started here. Each batched stream
+#: (client -> scheduler, scheduler -> every worker) keeps its last that many
+#: payloads and each worker its last task stimuli, task specs included: with the
+#: default, a cohort of small tasks keeps tens of MiB of finished tasks' specs
+#: alive in the driver (the Client; a LocalCluster's scheduler) and in every
+#: worker, growing with the cohort up to the cap (measured in docs/cluster.md).
+LOW_LEVEL_LOG_LENGTH = 50
+
+
+@contextlib.contextmanager
+def _short_developer_logs() -> Iterator[None]:
+    """Cap distributed's developer logs at :data:`LOW_LEVEL_LOG_LENGTH` (unless
+    configured lower, or unbounded on purpose with None) while objects are created."""
+    import dask
+
+    key = "distributed.admin.low-level-log-length"
+    current = dask.config.get(key, None)
+    if isinstance(current, int) and current > LOW_LEVEL_LOG_LENGTH:
+        with dask.config.set({key: LOW_LEVEL_LOG_LENGTH}):
+            yield
+    else:
+        yield
+
+
 @contextlib.contextmanager
 def scheduler_context(spec: str, workers: int | None = None, *,
                       announce: bool = False) -> Iterator[Any]:
     """Run the block on a scheduler: ``"threads"``, ``"local"`` (a LocalCluster,
     one single-threaded worker process per core unless ``workers``) or a
     distributed scheduler address. Yields the Client, or None for threads.
+
+    The cluster and client started here keep distributed's developer logs
+    short (:data:`LOW_LEVEL_LOG_LENGTH`), so their memory does not grow with
+    the number of tasks run.
     """
     if spec == "threads":
         import dask
@@ -108,6 +228,7 @@ def scheduler_context(spec: str, workers: int | None = None, *,
     if spec == "local":
         n = workers or os.cpu_count() or 1
         with (
+            _short_developer_logs(),  # read when the scheduler, workers and client start
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                          dashboard_address=":0") as cluster,
             Client(cluster) as client,
@@ -117,5 +238,5 @@ def scheduler_context(spec: str, workers: int | None = None, *,
                       f"{client.dashboard_link}", flush=True)
             yield client
     else:
-        with Client(spec) as client:
+        with _short_developer_logs(), Client(spec) as client:
             yield client

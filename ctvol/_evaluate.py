@@ -7,11 +7,16 @@ as the paper does (clip to [-1024, 1024] HU, map to [0, 1]) and compared with
 data range 1.0 (:mod:`ctvol.metrics`). ``docs/evaluation.md`` states the
 conventions.
 
-Per-slice metrics are computed inside Dask tasks (one task per z-block, every
-method at once) and persisted where they are computed (on the workers of a
-distributed Client); every number in the report is a Dask reduction over
-them (sums, counts, min/max, two-pass variance), so no process ever holds all
-slices or all per-slice values of a cohort.
+Series are evaluated in windows of :data:`SERIES_WINDOW`: a window's graph
+(reading, re-slicing, per-slice metrics in Dask tasks -- one per z-block,
+every method at once -- and its series' statistics) is built only when a
+window in flight finishes (two are in flight), computed on the active
+scheduler, and dropped; only its per-slice metrics (24 bytes per slice and
+method) come back. Every number in the report is a Dask reduction over them
+(sums, counts, min/max, two-pass variance). No process holds the slices or
+graphs of more than two windows, whatever the size of the cohort; persisting
+the metrics on the workers instead would keep every window's graph on the
+scheduler (the lineage to recompute them from), growing with the cohort.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +53,43 @@ CONVENTIONS = {
 }
 COLUMNS = ["factor", "stride", "convention", "series", "method", "metric", "n", "n_exact",
            "mean", "sd", "ci_low", "ci_high", "min", "max", "t", "p"]
+#: Series whose graphs are built and submitted together (at least the Client's
+#: worker threads); two windows are in flight at a time.
+SERIES_WINDOW = 8
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Source:
+    """A series to evaluate, opened only when its window is built (and for figures)."""
+
+    key: str
+    store: str | None        # the cohort store, or None for an in-memory volume
+    data: Any = None         # the volume itself when store is None
+    zsel: slice | None = None  # the contiguous slice range asked for
+
+    def open(self) -> tuple[xr.Dataset, int]:
+        """The (selected) series, lazy, and the index of its first slice."""
+        from .io.store import open_series
+
+        ds = self.data if self.store is None else open_series(self.store, self.key)
+        if self.zsel is None:
+            return ds, 0
+        start, stop, _ = self.zsel.indices(ds.sizes["z"])
+        return ds.isel(z=slice(start, stop)), start
+
+
+def _compared(ds: xr.Dataset, stride: int, m: int) -> xr.Dataset:
+    """The slices compared at a stride: every ``stride``-th, the first ``m``."""
+    return ds.isel(z=slice(None, None, stride)).isel(z=slice(0, m))
+
+
+@dataclass(eq=False)
 class _Case:
-    """One (factor, stride, series) evaluated: metadata in memory, metrics lazy."""
+    """One (factor, stride, series) evaluated: metadata in memory, metrics lazy.
+
+    The volumes are not kept (a cohort of them would grow the driver): the
+    figures re-open the few they show from ``source``.
+    """
 
     factor: int
     stride: int
@@ -61,9 +98,21 @@ class _Case:
     z: np.ndarray            # z (mm) per compared slice
     generated: np.ndarray    # True where the slice was generated (not kept)
     series_uid: str | None   # SeriesInstanceUID from the series' attrs
-    block: Any               # the compared slices (xr.Dataset, lazy)
-    kept: Any                # every k-th of them: the input (xr.Dataset, lazy)
+    source: _Source
     metrics: Any             # dask (slices, methods, 3) float64
+    #: per-series report rows' statistics: (labels, names, paired, moments)
+    stats: list[tuple[dict[str, Any], Sequence[str], bool, dict[str, np.ndarray]]] = field(
+        default_factory=list)
+
+    @property
+    def block(self) -> xr.Dataset:
+        """The compared slices (lazy)."""
+        return _compared(self.source.open()[0], self.stride, self.index.size)
+
+    @property
+    def kept(self) -> xr.Dataset:
+        """Every k-th compared slice: the input of the methods (lazy)."""
+        return self.block.isel(z=slice(None, None, self.factor))
 
 
 @dataclass
@@ -79,8 +128,9 @@ class EvaluationReport:
         and CI of the difference, t, p). ``n_exact`` counts slices with MSE 0
         (PSNR +inf), which PSNR statistics exclude and report separately.
     per_slice : xarray.Dataset
-        ``psnr``, ``ssim``, ``mse`` on (slice, algorithm), Dask-backed
-        (persisted where computed), with coordinates factor, stride, series,
+        ``psnr``, ``ssim``, ``mse`` on (slice, algorithm), Dask-backed (the
+        computed values, in the chunks that computed them), with coordinates
+        factor, stride, series,
         index, z and generated per slice. (The dimension is not called
         "method" because ``.sel(method=...)`` is xarray's matching keyword.)
     info : dict
@@ -188,8 +238,8 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
     return out
 
 
-def _sources(data: Any, series: Any) -> tuple[list[tuple[str, Any, int]], str | None]:
-    """(key, dataset, first slice index) per series to evaluate, and the store path."""
+def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
+    """The series to evaluate (checked, not opened) and the store path."""
     import xarray as xr
 
     from .io.store import list_series, open_series
@@ -197,7 +247,7 @@ def _sources(data: Any, series: Any) -> tuple[list[tuple[str, Any, int]], str | 
     if isinstance(data, xr.Dataset):
         key = str(data.attrs.get("series_uid", "series"))
         sel = {key: series} if isinstance(series, slice) else {}
-        found = [(key, data)]
+        found = [_Source(key, None, data)]
         store = None
     else:
         store = os.fspath(data)
@@ -210,36 +260,39 @@ def _sources(data: Any, series: Any) -> tuple[list[tuple[str, Any, int]], str | 
         else:
             wanted = [series] if isinstance(series, str) else list(series)
             sel = {}
-        found = [(k, open_series(store, k)) for k in wanted]  # unknown keys raise, naming them
+        known = set(keys)
+        for k in wanted:
+            if k not in known:
+                open_series(store, k)  # raises, naming the key and the ones that exist
+        found = [_Source(k, store) for k in wanted]
         if not found:
             raise ValueError(f"{store} holds no complete series to evaluate")
     out = []
-    for key, ds in found:
-        zsel = sel.get(key)
+    for src in found:
+        zsel = sel.get(src.key)
         if zsel is None:
-            out.append((key, ds, 0))
+            out.append(src)
             continue
         if not isinstance(zsel, slice) or zsel.step not in (None, 1):
-            raise ValueError(f"series {key!r}: give a contiguous slice(start, stop), got {zsel!r}")
-        start, stop, _ = zsel.indices(ds.sizes["z"])
-        out.append((key, ds.isel(z=slice(start, stop)), start))
+            raise ValueError(f"series {src.key!r}: give a contiguous slice(start, stop), "
+                             f"got {zsel!r}")
+        out.append(_Source(src.key, src.store, src.data, zsel))
     return out, store
 
 
-def _case(key: str, ds: Any, offset: int, k: int, stride: int, methods: Sequence[str],
+def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequence[str],
           models: dict[int, Any], batch_size: int, device: str | None,
           window: tuple[float, float]) -> _Case | str:
     """Build one case's lazy metrics, or return why the series is skipped."""
     from ._reslice import reslice
     from .metrics import map_slice_metrics
 
-    sub = ds.isel(z=slice(None, None, stride))
-    n = sub.sizes["z"]
+    n = ds.isel(z=slice(None, None, stride)).sizes["z"]
     if n < k + 1:
         return (f"too short: {n} slice(s) at stride {stride}, factor {k} needs at least "
                 f"{k + 1} (one pair and the {k - 1} slice(s) between)")
     m = (n - 1) // k * k + 1  # whole groups of k; the tail that cannot be bracketed is left
-    block = sub.isel(z=slice(0, m))
+    block = _compared(ds, stride, m)
     kept = block.isel(z=slice(None, None, k))
     try:
         outs = [reslice(kept, k, method=meth, batch_size=batch_size, device=device,
@@ -248,11 +301,18 @@ def _case(key: str, ds: Any, offset: int, k: int, stride: int, methods: Sequence
     except GeometryError as e:
         return f"not evaluable: {e}"
     metrics = map_slice_metrics(block["hu"].data, *(o["hu"].data for o in outs), window=window)
-    return _Case(factor=k, stride=stride, key=key,
+    return _Case(factor=k, stride=stride, key=src.key,
                  index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
                  generated=np.asarray(outs[0]["generated"].values, dtype=bool),
-                 series_uid=ds.attrs.get("series_uid"), block=block, kept=kept,
-                 metrics=metrics)
+                 series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics)
+
+
+def _series_window() -> int:
+    from ._compute import active_client
+
+    client = active_client()
+    threads = sum(client.nthreads().values()) if client is not None else 0
+    return max(SERIES_WINDOW, threads)
 
 
 def evaluate(
@@ -309,43 +369,73 @@ def evaluate(
 
     Notes
     -----
-    Per-slice metrics are persisted (on the cluster's workers when a
-    ``distributed.Client`` is active) and reduced with Dask; the paired
-    t-tests are computed from the aggregated moments of the paired
-    differences (n, mean, sd), which gives scipy's ``ttest_rel`` exactly.
+    Series are computed in windows of :data:`SERIES_WINDOW` (or the
+    Client's worker threads, if more) on the active scheduler, two windows
+    at a time, so memory does not grow with the cohort's graphs; per-slice
+    metrics are reduced with Dask; the paired t-tests are computed from the
+    aggregated moments of the paired differences (n, mean, sd), which gives
+    scipy's ``ttest_rel`` exactly.
     Series too short for a factor or unevenly spaced are skipped and listed
     in ``info["skipped"]`` with the reason.
     """
+    import dask.array as da
+
     from . import _report
-    from ._compute import persist
+    from ._compute import compute_bounded
 
     factors = _ints(factor, "factors", 2)
     strides_ = _ints(strides, "strides", 1)
     methods = _check_methods(methods)
     models = _resolve_models(model, factors, methods)
     sources, store = _sources(data, series)
-    cases: list[_Case] = []
-    skipped: list[dict[str, Any]] = []
-    for k in factors:
-        for s in strides_:
-            for key, ds, offset in sources:
-                c = _case(key, ds, offset, k, s, methods, models, batch_size, device, window)
-                if isinstance(c, str):
-                    skipped.append({"series": key, "factor": k, "stride": s, "reason": c})
-                else:
-                    cases.append(c)
+    size = _series_window()
+    # Cases and skips are numbered (factor, stride, series) so that, built
+    # window by window, the report lists them in that order.
+    numbered: list[tuple[tuple[int, int, int], _Case]] = []
+    skipped_: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+    described: list[dict[str, Any]] = []
+    windows: list[list[_Case]] = []
+
+    def graphs() -> Iterator[Any]:
+        for w0 in range(0, len(sources), size):
+            built = []
+            for si, src in enumerate(sources[w0:w0 + size], start=w0):
+                ds, offset = src.open()
+                described.append(_report.describe_source(src.key, ds, offset))
+                for ki, k in enumerate(factors):
+                    for ti, s in enumerate(strides_):
+                        c = _case(src, ds, offset, k, s, methods, models, batch_size, device,
+                                  window)
+                        if isinstance(c, str):
+                            skipped_.append(((ki, ti, si), {"series": src.key, "factor": k,
+                                                            "stride": s, "reason": c}))
+                        else:
+                            built.append(((ki, ti, si), c))
+            if built:
+                numbered.extend(built)
+                windows.append([c for _, c in built])
+                yield _report.window_results(windows[-1], methods)
+
+    for i, (values, stats_) in compute_bounded(
+            graphs(), in_flight=2, progress=progress, total=-(-len(sources) // size),
+            what=f"ctvol evaluate: windows of {size} series"):
+        for c, v, st in zip(windows[i], values, stats_, strict=True):
+            # The per-slice values (24 bytes per slice and method) replace the
+            # graph, in the same chunks, so the cohort's reductions add up
+            # exactly as over the graph's blocks.
+            c.metrics = da.from_array(v, chunks=c.metrics.chunks)
+            c.stats = st
+    cases = [c for _, c in sorted(numbered, key=lambda t: t[0])]
+    skipped = [d for _, d in sorted(skipped_, key=lambda t: t[0])]
     leaks = _training_overlap(cases, models)
     for text in leaks:
         warnings.warn(text, EvaluationWarning, stacklevel=2)
     if not cases:
         why = "; ".join(f"{d['series']} x{d['factor']}: {d['reason']}" for d in skipped)
         raise ValueError(f"no series could be evaluated: {why}")
-    persisted = persist([c.metrics for c in cases], progress=progress)
-    for c, p in zip(cases, persisted, strict=True):
-        c.metrics = p
     table, figure_data = _report.aggregate(cases, methods)
     info = _report.info(store=store, factors=factors, strides=strides_, methods=methods,
-                        models=models, sources=sources, cases=cases, skipped=skipped,
+                        models=models, sources=described, cases=cases, skipped=skipped,
                         window=window)
     info["warnings"] = leaks
     return EvaluationReport(table=table, per_slice=_per_slice(cases, methods), info=info,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +175,7 @@ def ingest(
     import dask
 
     from . import __version__
+    from ._compute import compute_bounded, default_in_flight
     from .io import store as st
     from .io._series import plan_series
     from .io.dicom import find_files, read_headers
@@ -209,24 +210,22 @@ def ingest(
             to_write.append(plan)
 
     history = f"ctvol {__version__} ingest(padding_fill={padding_fill}, split_gaps={split_gaps})"
-    finals = []
     if to_write:
         root.require_group("series")  # once, before tasks create groups inside it
-    for plan in to_write:
-        # Creating a series' group is a task too (~0.1-0.3 s of metadata and
-        # coordinate writes): series are created in parallel, and each one's
-        # shards wait only for their own group.
-        key = dask.delayed(st.begin_series, pure=False)(
-            url, plan, history=history, compressor=compressor, storage_options=so)
-        blocks = []
-        for z0 in range(0, len(plan.headers), st.SHARD_SLICES):
-            hs = plan.headers[z0 : z0 + st.SHARD_SLICES]
-            blocks.append(dask.delayed(st.write_slices, pure=False)(
-                url, key, z0, hs, padding_fill=padding_fill, storage_options=so,
-            ))
-        finals.append(dask.delayed(st.finish_series, pure=False)(
-            url, plan.key, blocks, storage_options=so))
-    results = {r["key"]: r for r in _run(finals, progress, "pixels")}
+
+    def writes() -> Iterator[Any]:
+        # One graph per series, built only when a slot frees: the driver (and
+        # the scheduler) hold the write graphs, with their headers, of the
+        # series in flight only, not of the whole cohort.
+        for plan in to_write:
+            yield _series_write(plan, url, history=history, compressor=compressor,
+                                padding_fill=padding_fill, storage_options=so)
+
+    if progress and to_write:
+        print(f"ctvol ingest: pixels ({len(to_write)} series)", flush=True)
+    done = compute_bounded(writes(), in_flight=default_in_flight(), progress=progress,
+                           total=len(to_write), what="ctvol ingest: series written")
+    results = {r["key"]: r for _, r in done}
 
     for plan in plans:
         for w in plan.warnings:
@@ -246,6 +245,28 @@ def ingest(
         written=[k for k, r in results.items() if r["ok"]],
         unchanged=[p.key for p in unchanged],
     )
+
+
+def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str | Any,
+                  padding_fill: int | None, storage_options: dict[str, Any] | None) -> Any:
+    """One series' write graph: create its group, write its shards, flag it complete."""
+    import dask
+
+    from .io import store as st
+
+    # Creating a series' group is a task too (~0.1-0.3 s of metadata and
+    # coordinate writes): series are created in parallel, and each one's
+    # shards wait only for their own group.
+    key = dask.delayed(st.begin_series, pure=False)(
+        url, plan, history=history, compressor=compressor, storage_options=storage_options)
+    blocks = [
+        dask.delayed(st.write_slices, pure=False)(
+            url, key, z0, plan.headers[z0 : z0 + st.SHARD_SLICES], padding_fill=padding_fill,
+            storage_options=storage_options)
+        for z0 in range(0, len(plan.headers), st.SHARD_SLICES)
+    ]
+    return dask.delayed(st.finish_series, pure=False)(url, plan.key, blocks,
+                                                      storage_options=storage_options)
 
 
 def _run(tasks: list[Any], progress: bool, what: str) -> list[Any]:

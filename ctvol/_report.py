@@ -1,11 +1,13 @@
 """Aggregation, tables, files and figures of :func:`ctvol.evaluate` (private).
 
-Every statistic is a Dask reduction over the persisted per-slice metrics:
+Every statistic is a Dask reduction over the per-slice metrics:
 pass 1 computes counts, sums, min and max; pass 2 the sums of squared
-deviations from the pass-1 means (a two-pass variance, numerically safe);
-pass 3 histograms and the worst slices (``argtopk``). Non-finite values
-(PSNR +inf where a slice is reproduced exactly) are excluded from the moments
-and counted in ``n_exact``.
+deviations from the pass-1 means (a two-pass variance, numerically safe; both
+passes are one graph, the means a task between them); pass 3 histograms and
+the worst slices (``argtopk``). Non-finite values (PSNR +inf where a slice is
+reproduced exactly) are excluded from the moments and counted in ``n_exact``.
+Per-series statistics are computed with their window of series
+(:func:`window_results`), the cohort's at the end (:func:`aggregate`).
 """
 
 from __future__ import annotations
@@ -33,30 +35,31 @@ N_WORST = 4
 N_BINS = 40
 
 
+def _moment_graph(x: Any) -> tuple[Any, ...]:
+    """Lazy column statistics (over axis 0) of a dask array: both passes in one graph."""
+    import dask.array as da
+
+    fin = da.isfinite(x)
+    n = fin.sum(axis=0)
+    s = da.where(fin, x, 0.0).sum(axis=0)
+    mu = da.where(n > 0, s / da.maximum(n, 1), 0.0)  # the pass-1 means, as _finish has them
+    ss = da.where(fin, (x - mu) ** 2, 0.0).sum(axis=0)
+    return (n, (x == np.inf).sum(axis=0), s, da.where(fin, x, np.inf).min(axis=0),
+            da.where(fin, x, -np.inf).max(axis=0), ss)
+
+
+def _finish(raw: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    n, n_exact, s, mn, mx, ss = raw
+    return {"n": np.asarray(n), "n_exact": np.asarray(n_exact),
+            "mean": np.where(n > 0, s / np.maximum(n, 1), 0.0),
+            "var": np.where(n > 1, ss / np.maximum(n - 1, 1), np.nan), "min": mn, "max": mx}
+
+
 def _moments(arrays: list[Any]) -> list[dict[str, np.ndarray]]:
     """Column statistics (over axis 0) of each dask array, in two passes."""
     import dask
-    import dask.array as da
 
-    first = []
-    for x in arrays:
-        fin = da.isfinite(x)
-        first.append((fin.sum(axis=0), (x == np.inf).sum(axis=0),
-                      da.where(fin, x, 0.0).sum(axis=0),
-                      da.where(fin, x, np.inf).min(axis=0),
-                      da.where(fin, x, -np.inf).max(axis=0)))
-    first = dask.compute(*first)
-    means = [np.where(n > 0, s / np.maximum(n, 1), 0.0) for n, _, s, _, _ in first]
-    second = dask.compute(*[
-        da.where(da.isfinite(x), (x - mu) ** 2, 0.0).sum(axis=0)
-        for x, mu in zip(arrays, means, strict=True)
-    ])
-    out = []
-    for (n, n_exact, _, mn, mx), mu, ss in zip(first, means, second, strict=True):
-        out.append({"n": np.asarray(n), "n_exact": np.asarray(n_exact), "mean": mu,
-                    "var": np.where(n > 1, ss / np.maximum(n - 1, 1), np.nan),
-                    "min": mn, "max": mx})
-    return out
+    return [_finish(raw) for raw in dask.compute(*[_moment_graph(x) for x in arrays])]
 
 
 def _row(stat: dict[str, np.ndarray], idx: tuple[int, ...], paired: bool,
@@ -90,8 +93,53 @@ def _volume(metrics: Any) -> Any:
     return da.stack([vol_psnr, vol_ssim, vol_mse], axis=1)
 
 
+def _series_jobs(c: _Case, methods: Sequence[str]
+                 ) -> list[tuple[dict[str, Any], Any, Sequence[str], bool]]:
+    """One case's report rows: (labels, lazy per-slice values, names, paired)."""
+    from ._evaluate import BASELINE
+
+    base = methods.index(BASELINE) if BASELINE in methods else None
+    others = [i for i, m in enumerate(methods) if m != BASELINE]
+    diffs = [f"{methods[i]} - {BASELINE}" for i in others] if base is not None else []
+    lab = {"factor": c.factor, "stride": c.stride, "series": c.key}
+    g = c.metrics[np.flatnonzero(c.generated)]
+    jobs = [({**lab, "convention": "generated"}, g, methods, False)]
+    if diffs:
+        jobs.append(({**lab, "convention": "generated"}, g[:, others] - g[:, [base]], diffs,
+                     True))
+    jobs.append(({**lab, "convention": "volume"}, _volume(c.metrics)[None], methods, False))
+    return jobs
+
+
+def window_results(cases: list[_Case], methods: Sequence[str]) -> Any:
+    """A window of cases as one delayed object: their per-slice metrics and the
+    statistics of their per-series rows.
+
+    Its result is ``(values, stats)``: per case, the (slices, methods, 3)
+    numpy array of its metrics, and what :func:`aggregate` expects in
+    ``case.stats``.
+    """
+    import dask
+
+    jobs = [_series_jobs(c, methods) for c in cases]
+    raw = [[_moment_graph(x) for _, x, _, _ in js] for js in jobs]
+
+    def finish(values: list[np.ndarray], computed: list[list[Sequence[np.ndarray]]]
+               ) -> tuple[list[np.ndarray], list[list[Any]]]:
+        stats = [[(labels, names, paired, _finish(r))
+                  for (labels, _, names, paired), r in zip(js, rs, strict=True)]
+                 for js, rs in zip(jobs, computed, strict=True)]
+        return values, stats
+
+    return dask.delayed(finish, pure=True)([c.metrics for c in cases], raw)
+
+
 def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The report table and the data behind the figures (small numpy arrays)."""
+    """The report table and the data behind the figures (small numpy arrays).
+
+    Per-series rows come from ``case.stats`` (:func:`window_results`); the
+    cohort rows ("all") are reduced here over every case's per-slice metrics.
+    """
     import dask.array as da
     import pandas as pd
 
@@ -108,20 +156,8 @@ def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame,
     cohort_diff: dict[tuple[int, int], Any] = {}
     cohort_gen: dict[tuple[int, int], Any] = {}
     for (k, s), cs in groups.items():
-        gens, vols = [], []
-        for c in cs:
-            g = c.metrics[np.flatnonzero(c.generated)]
-            gens.append(g)
-            vols.append(_volume(c.metrics))
-            jobs.append(({"factor": k, "stride": s, "convention": "generated", "series": c.key},
-                         g, methods, False))
-            if diffs:
-                jobs.append(({"factor": k, "stride": s, "convention": "generated",
-                              "series": c.key}, g[:, others] - g[:, [base]], diffs, True))
-            jobs.append(({"factor": k, "stride": s, "convention": "volume", "series": c.key},
-                         vols[-1][None], methods, False))
-        allg = da.concatenate(gens, axis=0)
-        allv = da.stack(vols, axis=0)
+        allg = da.concatenate([c.metrics[np.flatnonzero(c.generated)] for c in cs], axis=0)
+        allv = da.stack([_volume(c.metrics) for c in cs], axis=0)
         cohort_gen[(k, s)] = allg
         lab = {"factor": k, "stride": s, "series": "all"}
         jobs.append(({**lab, "convention": "generated"}, allg, methods, False))
@@ -131,13 +167,23 @@ def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame,
             jobs.append(({**lab, "convention": "generated"}, cohort_diff[(k, s)], diffs, True))
             jobs.append(({**lab, "convention": "volume"}, allv[:, others] - allv[:, [base]],
                          diffs, True))
+    cohort = iter(zip(jobs, _moments([x for _, x, _, _ in jobs]), strict=True))
 
-    stats_ = _moments([x for _, x, _, _ in jobs])
     rows = []
-    for (labels, _, names, paired), st in zip(jobs, stats_, strict=True):
+
+    def add(labels: dict[str, Any], names: Sequence[str], paired: bool,
+            st: dict[str, np.ndarray]) -> None:
         for mi, meth in enumerate(names):
             for j, metric in enumerate(METRICS):
                 rows.append(_row(st, (mi, j), paired, **labels, method=meth, metric=metric))
+
+    for cs in groups.values():  # per group: its series' rows, then the cohort's
+        for c in cs:
+            for labels, names, paired, st in c.stats:
+                add(labels, names, paired, st)
+        for _ in range(4 if diffs else 2):
+            (labels, _, names, paired), st = next(cohort)
+            add(labels, names, paired, st)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table, _figure_data(cases, groups, cohort_gen, cohort_diff, table, methods, diffs)
 
@@ -320,8 +366,17 @@ def _conv_text(conv: str) -> str:
     return CONVENTIONS[conv]
 
 
+def describe_source(key: str, ds: Any, offset: int) -> dict[str, Any]:
+    """A series' entry in ``info["data"]["evaluated"]`` (without its runs)."""
+    z = np.asarray(ds["z"].values)
+    return {"series": key, "series_uid": ds.attrs.get("series_uid"),
+            "slices": int(ds.sizes["z"]), "first_index": offset,
+            "spacing_mm": float(np.median(np.diff(z))) if z.size > 1 else None,
+            "shape": [int(ds.sizes[d]) for d in ("z", "y", "x")]}
+
+
 def info(*, store: str | None, factors: list[int], strides: list[int], methods: Sequence[str],
-         models: dict[int, Any], sources: list[tuple[str, Any, int]], cases: list[_Case],
+         models: dict[int, Any], sources: list[dict[str, Any]], cases: list[_Case],
          skipped: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -341,15 +396,8 @@ def info(*, store: str | None, factors: list[int], strides: list[int], methods: 
                                  "slices": int(c.index.size),
                                  "generated": int(c.generated.sum()),
                                  "index_range": [int(c.index[0]), int(c.index[-1])]})
-    data = {"evaluated": [], "skipped": skipped}
-    for key, ds, offset in sources:
-        z = np.asarray(ds["z"].values)
-        data["evaluated"].append({
-            "series": key, "series_uid": ds.attrs.get("series_uid"),
-            "slices": int(ds.sizes["z"]), "first_index": offset,
-            "spacing_mm": float(np.median(np.diff(z))) if z.size > 1 else None,
-            "shape": [int(ds.sizes[d]) for d in ("z", "y", "x")], "runs": evaluated.get(key, []),
-        })
+    data = {"evaluated": [{**d, "runs": evaluated.get(d["series"], [])} for d in sources],
+            "skipped": skipped}
     return {
         "ctvol_version": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +194,29 @@ def _reslice_params(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: opts.get(k) for k in ("factor", "spacing", "method", "model")}
 
 
+class _OnDemand(Mapping[str, Any]):
+    """``key -> build(key)``, built each time it is asked for and not kept.
+
+    :func:`ctvol.write_many` asks for a series only when it starts writing
+    it, so the driver holds the graphs (and coordinates) of the series in
+    flight, not of every series to write.
+    """
+
+    def __init__(self, keys: list[str], build: Callable[[str], Any]) -> None:
+        self._keys, self._build = dict.fromkeys(keys), build
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._build(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
     import ctvol
     from ctvol.errors import CtvolError
@@ -209,38 +232,46 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
             done_before[k] = ctvol.open_series(out, k).attrs.get("ctvol_run", {})
     except (FileNotFoundError, CtvolError):
         pass
+
+    def resliced(key: str, ds: Any = None) -> tuple[int, Any]:
+        """The series' input length and its resliced volume (lazy), stamped."""
+        if ds is None:
+            ds = ctvol.open_series(cfg["store"], key)
+        if curated and "label" in ds.data_vars:
+            kept = ctvol.curate(ds)  # the longest non-blank run (split=False)
+            assert not isinstance(kept, list)
+            ds = kept
+        ds = ds.drop_vars("label", errors="ignore")
+        fine = ctvol.reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
+                             method=opts.get("method", "unet"), model=opts.get("model"),
+                             batch_size=opts.get("batch_size", 16), device=opts.get("device"))
+        fine.attrs["ctvol_run"] = stamps[key]
+        return int(ds.sizes["z"]), fine
+
     slices = made = 0
-    todo: dict[str, Any] = {}
+    stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for key in ctvol.list_series(cfg["store"]):
         ds = ctvol.open_series(cfg["store"], key)
-        stamp = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
-                 "reslice": params}
-        if done_before.get(key) == stamp:
+        stamps[key] = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
+                       "reslice": params}
+        if done_before.get(key) == stamps[key]:
             summary.series.append({"stage": "reslice", "series": key, "status": "skipped",
                                    "reason": "complete in the output with the same source "
                                              "and parameters"})
             continue
-        try:
-            if curated and "label" in ds.data_vars:
-                kept = ctvol.curate(ds)  # the longest non-blank run (split=False)
-                assert not isinstance(kept, list)
-                ds = kept
-            ds = ds.drop_vars("label", errors="ignore")
-            fine = ctvol.reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
-                                 method=opts.get("method", "unet"), model=opts.get("model"),
-                                 batch_size=opts.get("batch_size", 16),
-                                 device=opts.get("device"))
+        try:  # metadata checks now, so that a bad series is recorded as before any write
+            n_in, fine = resliced(key, ds)
         except (CtvolError, ValueError, FileNotFoundError) as exc:
             summary.series.append({"stage": "reslice", "series": key, "status": "failed",
                                    "reason": str(exc)})
             continue
-        fine.attrs["ctvol_run"] = stamp
-        todo[key] = fine
-        sizes[key] = (int(ds.sizes["z"]), int(fine.sizes["z"]))
-    # All series at once: on a Client their blocks run concurrently and each is
+        sizes[key] = (n_in, int(fine.sizes["z"]))
+        del ds, fine  # rebuilt when its write starts (~30 ms): not kept for the whole cohort
+    # On a Client up to in_flight series' blocks run concurrently and each is
     # flagged complete when its own blocks finish. StoreWriteError (disk full,
     # permissions) stops the run; any other failure skips only its series.
+    todo = _OnDemand(list(sizes), lambda key: resliced(key)[1])
     outcome = ctvol.write_many(todo, out, compressor=compressor, progress=progress,
                                errors="collect")
     for key, err in outcome.items():

@@ -19,6 +19,7 @@ from ..errors import DicomReadError, HounsfieldRangeError
 
 __all__ = [
     "FileRecord",
+    "FileRecords",
     "SliceHeader",
     "decode_hu",
     "find_files",
@@ -56,11 +57,15 @@ _FAST_SYNTAXES = {
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 
 
-@dataclass
+@dataclass(slots=True)
 class SliceHeader:
     """What ctvol needs from one image's header (no pixel data).
 
-    Positions and spacings are in mm, in the patient (LPS) frame.
+    Positions and spacings are in mm, in the patient (LPS) frame. The driver
+    holds one per input file until ingest ends, so it has slots (no
+    ``__dict__``), and :func:`read_headers` makes values that repeat across a
+    series (UIDs, geometry, codec options) one shared object: treat headers
+    as read-only.
     """
 
     path: str
@@ -98,7 +103,7 @@ class SliceHeader:
     file_size: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRecord:
     """The fate of one input file.
 
@@ -399,9 +404,50 @@ def _pixel_data_problem(
     return None
 
 
-def read_headers(paths: Sequence[str]) -> list[FileRecord]:
-    """:func:`read_header` over a batch of files (one Dask task)."""
-    return [read_header(p) for p in paths]
+#: SliceHeader fields whose values repeat across the slices of a series.
+_SHARED_FIELDS = (
+    "sop_class", "series_uid", "study_uid", "frame_of_reference_uid", "patient_id", "modality",
+    "image_type", "orientation", "pixel_spacing", "rows", "cols", "series_description",
+    "manufacturer", "model", "kernel", "slice_thickness", "gantry_tilt", "transfer_syntax",
+    "pixel_padding", "pixel_offset", "rescale", "file_size",
+)
+
+
+def _share(header: SliceHeader, memo: dict[Any, Any]) -> None:
+    """Replace ``header``'s repeated values by the equal object already in ``memo``."""
+    for name in _SHARED_FIELDS:
+        value = getattr(header, name)
+        setattr(header, name, memo.setdefault((name, value), value))
+    if header.pixel_options is not None:
+        key = ("pixel_options", tuple(header.pixel_options.items()))
+        header.pixel_options = memo.setdefault(key, header.pixel_options)
+
+
+class FileRecords(list[FileRecord]):
+    """A batch of records, pickled as one object.
+
+    distributed serializes a plain list element by element (each its own
+    pickle), which would undo the sharing of :func:`read_headers`; a list
+    subclass is pickled whole.
+    """
+
+    __slots__ = ()
+
+
+def read_headers(paths: Sequence[str]) -> FileRecords:
+    """:func:`read_header` over a batch of files (one Dask task).
+
+    Equal values of the headers' series-level fields are made one object:
+    pickle sends a shared object once, so the batch travels, and lives on
+    the driver, at about a quarter of the size (one ~3.4 kB header per file
+    becomes ~0.8 kB, measured on synthetic_cohort files).
+    """
+    memo: dict[Any, Any] = {}
+    records = FileRecords(read_header(p) for p in paths)
+    for rec in records:
+        if rec.header is not None:
+            _share(rec.header, memo)
+    return records
 
 
 # --------------------------------------------------------------------------- pixels

@@ -365,8 +365,11 @@ def open_series(
     import xarray as xr
 
     root = open_store(store, storage_options=storage_options)
-    complete = _series_attrs(root)
-    if key not in complete:
+    # Only this series' attrs: listing every series' (as _series_attrs does)
+    # made opening each series of a cohort in turn quadratic in its size.
+    group = root["series"].get(key) if "series" in root else None
+    if group is None or group.attrs.get("complete") is not True:
+        complete = _series_attrs(root)
         have = ", ".join(sorted(complete)[:10]) or "none"
         why = (" (its write was interrupted; re-run ingest to complete it)"
                if "series" in root and key in root["series"] else "")
