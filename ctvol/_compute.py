@@ -154,7 +154,9 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
             submit()
             yield i, value
     finally:
-        client.cancel([f for f in pool.futures if not f.done()])
+        pending = [f for f in pool.futures if not f.done()]
+        if pending and client.status == "running":  # not when closed before this generator
+            client.cancel(pending)
 
 
 def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
