@@ -77,7 +77,8 @@ def default_in_flight() -> int:
 
 
 def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = False,
-                    total: int | None = None, what: str = "items") -> Iterator[tuple[int, Any]]:
+                    total: int | None = None, what: str = "items",
+                    errors: str = "raise") -> Iterator[tuple[int, Any]]:
     """Compute dask objects drawn lazily from ``items``, at most ``in_flight`` at once.
 
     ``items`` is advanced only when a slot frees, so a generator that builds
@@ -99,6 +100,10 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
         together, one group after another.
     progress : bool, default False
         Print ``what: done/total`` about every 5 % of the items.
+    errors : {"raise", "return"}, default "raise"
+        ``"return"``: a failing item yields its exception as its result and
+        the others go on (on local schedulers a failing group is recomputed
+        item by item to tell which one failed).
 
     Yields
     ------
@@ -112,6 +117,8 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
 
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
     step = max(1, (total or 0) // 20)
     done = 0
 
@@ -123,7 +130,14 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
     client = active_client()
     if client is None:
         while group := list(itertools.islice(numbered, in_flight)):
-            values = dask.compute(*(obj for _, obj in group))
+            try:
+                values: Sequence[Any] = dask.compute(*(obj for _, obj in group))
+            except Exception as exc:
+                if errors == "raise":
+                    raise
+                values = [exc] if len(group) == 1 else [
+                    next(compute_bounded([obj], in_flight=1, errors="return"))[1]
+                    for _, obj in group]
             for (i, _), value in zip(group, values, strict=True):
                 done += 1
                 report()
@@ -147,7 +161,11 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
         submit()
     try:
         for fut in pool:
-            i, value = running.pop(id(fut)), fut.result()  # raises the item's exception
+            i = running.pop(id(fut))
+            if fut.status == "error" and errors == "return":
+                value = fut.exception()
+            else:
+                value = fut.result()  # raises the item's exception
             del fut  # its result leaves the cluster before the next item is built
             done += 1
             report()

@@ -56,3 +56,25 @@ def test_local_cluster_keeps_short_developer_logs() -> None:
                                     for s in dask_scheduler.stream_comms.values()])
                 } == {LOW_LEVEL_LOG_LENGTH}
     assert dask.config.get(key) == default  # restored with the context
+
+
+def _boom(x: int) -> int:
+    raise ValueError(f"item {x} is bad")
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "local"])
+def test_compute_bounded_can_return_failures_per_item(scheduler: str) -> None:
+    """errors="return": a failing item yields its exception, the others their results
+    (on threads a failing group is recomputed item by item to tell which failed)."""
+    import dask
+
+    from ctvol._compute import compute_bounded, scheduler_context
+
+    items = [dask.delayed(_boom if i == 1 else abs)(-i) for i in range(4)]
+    with scheduler_context(scheduler, 2):
+        got = dict(compute_bounded(iter(items), in_flight=2, errors="return"))
+        with pytest.raises(ValueError, match="is bad"):
+            dict(compute_bounded(iter(items), in_flight=2))
+    assert sorted(got) == [0, 1, 2, 3]
+    assert [got[i] for i in (0, 2, 3)] == [0, 2, 3]
+    assert isinstance(got[1], ValueError) and "item -1 is bad" in str(got[1])

@@ -622,36 +622,21 @@ def write_many(
             outcome[key] = None
         return {key: outcome[key] for key in series}
 
-    from distributed import as_completed
+    from .._compute import compute_bounded
 
+    keys = list(series)
     slots = in_flight or max(2, sum(client.nthreads().values()))
-    todo = iter(series)
-    running: dict[str, str] = {}  # future key -> series key
-    pool = as_completed()
-
-    def submit_next() -> None:
-        key = next(todo, None)
-        if key is not None:
-            # optimize_graph=False keeps task annotations (reslice's GPU resource).
-            fut = client.compute(plan(key), optimize_graph=False)
-            running[fut.key] = key
-            pool.add(fut)
-
-    for _ in range(slots):
-        submit_next()
-    try:
-        for fut in pool:
-            key = running.pop(fut.key)
-            if fut.status == "error":
-                failed(key, fut.exception())
-            else:
-                _mark_complete(store, key, storage_options)
-                outcome[key] = None
-                if progress:
-                    print(f"written {len(outcome)}/{len(series)}: {key}", flush=True)
-            submit_next()
-    finally:
-        client.cancel([f for f in pool.futures if not f.done()])
+    # Each series' metadata is written (and its graph built) only when a slot frees.
+    for i, result in compute_bounded((plan(key) for key in keys), in_flight=slots,
+                                     errors="return"):
+        key = keys[i]
+        if isinstance(result, BaseException):
+            failed(key, result)
+            continue
+        _mark_complete(store, key, storage_options)
+        outcome[key] = None
+        if progress:
+            print(f"written {len(outcome)}/{len(series)}: {key}", flush=True)
     return {key: outcome[key] for key in series}
 
 
