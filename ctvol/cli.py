@@ -298,7 +298,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, crop=args.crop or None, architecture=arch, augment=not args.no_augment,
         device=args.device, num_workers=args.loader_workers, seed=args.seed,
         resume=args.resume, max_windows=args.max_windows, partitions=args.partitions,
-        skip_blank=not args.keep_blank, progress=not args.quiet,
+        skip_blank=not args.keep_blank, progress=not args.quiet, blocks=args.blocks,
+        init=args.init, select=args.select, body_fraction=args.body_fraction, loss=args.loss,
     )
     print(f"best model: {model.path} ({model!r}); log: {args.out}/log.csv")
     return 0
@@ -427,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train-val-test keeps a 10%% test partition nothing in training sees")
     p.add_argument("--keep-blank", action="store_true",
                    help="also train on windows touching slices `ctvol curate` labelled blank")
+    p.add_argument("--blocks", default=None, metavar="JSON",
+                   help="explicit train/val/test z-blocks per series (overrides --partitions; "
+                        "see docs/training.md)")
+    p.add_argument("--init", default=None, metavar="NAME|DIR",
+                   help="start from a bundled model (unet-x3) or a checkpoint: fine-tuning")
+    p.add_argument("--select", choices=["loss", "psnr"], default="loss",
+                   help="best epoch by validation loss or validation PSNR (default: loss)")
+    p.add_argument("--body-fraction", type=float, default=0.0,
+                   help="minimum fraction of body pixels (> -500 HU) in a crop (default 0)")
+    p.add_argument("--loss", choices=["l1", "mse"], default="l1", help="training loss")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -165,10 +165,14 @@ def loader(ds: Any, epoch: int, shuffle: bool, *, seed: int, batch_size: int,
 def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
         out_dir: pathlib.Path, start: int, best: float, epochs: int, resume: bool,
         augment: dict[str, Any] | None, seed: int, batch_size: int, num_workers: int,
-        dev: str, amp: bool, progress: bool, max_windows: int | None = None) -> None:
+        dev: str, amp: bool, progress: bool, max_windows: int | None = None,
+        select: str = "loss") -> None:
     """Run epochs ``start`` .. ``epochs - 1``: train, validate, log, keep the best and last.
 
     ``augment``: :func:`ctvol.training.random_affine` keywords, or None for none.
+    ``select``: ``"loss"`` keeps the epoch with the lowest validation loss,
+    ``"psnr"`` the one with the highest validation PSNR (``best`` and the
+    resume state hold the score minimised: the loss, or minus the PSNR).
     """
     import torch
 
@@ -227,7 +231,8 @@ def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
         model.provenance.update({"epochs": epoch + 1, "val_loss": val_loss,
                                  "val_psnr_unet": psnr_u, f"val_psnr_{b}": psnr_b,
                                  "val_ssim_unet": ssim_u, f"val_ssim_{b}": ssim_b})
-        if val_loss < best:
-            best = val_loss
+        score = val_loss if select == "loss" else -psnr_u
+        if score < best:
+            best = score
             kind.save(model, out_dir / "best")
         save_state(last, model, optimizer, {"epoch": epoch + 1, "best_val_loss": best})

@@ -15,6 +15,7 @@ uninterrupted one (tested: 2 epochs straight == 1 + resume 1 on CPU).
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,43 @@ def _slices_used(ds: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) -> dict[str, Any]:
+    """A blocks spec (dict or JSON file, optional top-level ``"series"`` key), checked.
+
+    Guard gaps must be more than 2k slices (the doubled-stride window of
+    factor k spans 2k + 1 slices, so no window of one block reaches another).
+    """
+    import json
+
+    from .windows import check_blocks
+
+    spec = blocks
+    if not isinstance(spec, dict):
+        try:
+            spec = json.loads(pathlib.Path(spec).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the blocks file {blocks}: {e}") from e
+    spec = spec.get("series", spec)
+    check_blocks(spec, guard=2 * factor + 1)
+    return spec
+
+
+def _test_slices(store: Any, blocks: dict[str, Any]) -> dict[str, Any]:
+    """z ranges (mm) of the test blocks per series key present in ``store``."""
+    import ctvol
+
+    out: dict[str, Any] = {}
+    for key in ctvol.list_series(store):
+        ds = ctvol.open_series(store, key)
+        spec = blocks.get(ds.attrs.get("series_uid", key), blocks.get(key))
+        if not spec or not spec.get("test"):
+            continue
+        z = ds["z"].values
+        out[key] = [{"index": [int(lo), int(hi) - 1], "z_mm": [float(z[lo]), float(z[hi - 1])]}
+                    for lo, hi in spec["test"]]
+    return out
+
+
 def train(
     store: str | os.PathLike[str],
     factor: int,
@@ -64,6 +102,11 @@ def train(
     partitions: str = "train-val",
     skip_blank: bool = True,
     progress: bool = False,
+    blocks: str | os.PathLike[str] | dict[str, Any] | None = None,
+    init: str | os.PathLike[str] | None = None,
+    select: str = "loss",
+    body_fraction: float = 0.0,
+    loss: str = "l1",
 ) -> Any:
     """Train a reslice U-net on a cohort store; returns the best model.
 
@@ -105,6 +148,26 @@ def train(
         the checkpoint records its z range for ``ctvol evaluate``.
     skip_blank : bool, default True
         Leave out windows touching slices that ``ctvol curate`` labelled blank.
+    blocks : path or dict, optional
+        Explicit contiguous z-blocks per series (a JSON file or its dict:
+        ``{series_uid: {"train": [[lo, hi]], "val": [...], "test": [...]}}``),
+        overriding ``partitions``: training reads the ``train`` blocks, the
+        best epoch is chosen on the ``val`` blocks, and ``test`` blocks are
+        read by nothing here (the checkpoint records them for
+        ``ctvol evaluate``). Blocks of a series must be at least 2k + 1
+        slices apart (:func:`ctvol.training.windows.check_blocks`).
+    init : str or path, optional
+        Start from a bundled model name (``"unet-x3"``) or a checkpoint folder
+        instead of random weights: fine-tuning. Its factor must be ``factor``;
+        its architecture is kept (``architecture`` is then ignored).
+    select : {"loss", "psnr"}, default "loss"
+        The best epoch: lowest validation loss, or highest validation PSNR.
+    body_fraction : float, default 0
+        Crops must hold at least this fraction of body (> -500 HU) pixels
+        (:class:`PairWindows`); 0 takes any crop.
+    loss : {"l1", "mse"}, default "l1"
+        Training loss: mean absolute error (the paper) or mean squared error
+        (what PSNR measures).
 
     Raises
     ------
@@ -125,15 +188,34 @@ def train(
             return f"holds a checkpoint for factor {have['factor']}, not {factor}"
         return None
 
+    if select not in ("loss", "psnr"):
+        raise ValueError(f"select must be 'loss' or 'psnr', got {select!r}")
+    losses = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss}
+    if loss not in losses:
+        raise ValueError(f"loss must be one of {sorted(losses)}, got {loss!r}")
+    if not 0.0 <= body_fraction <= 1.0:
+        raise ValueError(f"body_fraction must be in [0, 1], got {body_fraction!r}")
+    block_spec = load_blocks(blocks, factor) if blocks is not None else None
+    start_from = None
+    if init is not None:
+        start_from = load_model(init)
+        if start_from.factor != factor:
+            raise ValueError(f"init model {init} is for factor {start_from.factor}, not "
+                             f"{factor}; choose unet-x{factor} or a checkpoint for x{factor}")
     out_dir = check_out(out, resume, mismatch, "resume=True (--resume)")
     dev = resolve_device(device)
     common: dict[str, Any] = {"strides": strides, "crop": crop, "partitions": partitions,
-                              "skip_blank": skip_blank}
+                              "skip_blank": skip_blank, "blocks": block_spec,
+                              "body_fraction": body_fraction}
     train_set = PairWindows(store, factor, split="train", seed=seed, **common)
     val_set = PairWindows(store, factor, split="val", seed=seed + 1, **common)
     arch = {"depth": 4, "base": 16, "norm": "batch", "output": "sigmoid", **(architecture or {})}
+    if start_from is not None:
+        arch = {k: v for k, v in start_from.net.config.items() if k != "factor"}
     net, optimizer, done, best = start(lambda: UNet(factor, **arch), seed=seed, dev=dev, lr=lr,
                                        resume=resume, last=out_dir / "last", load=load_model)
+    if start_from is not None and not resume:
+        net.load_state_dict(start_from.net.state_dict())
     provenance = {"store": str(store), "factor": factor, "crop": crop, "strides": list(strides),
                   "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
                   "train_windows": len(train_set), "val_windows": len(val_set),
@@ -141,12 +223,19 @@ def train(
                   # (ctvol.evaluate warns when evaluating on them)
                   "training_slices": _slices_used(train_set),
                   "selection_slices": _slices_used(val_set), "partitions": partitions,
-                  "blank_windows_skipped": train_set.blank_skipped + val_set.blank_skipped}
-    kind = Kind(loss=torch.nn.functional.l1_loss, baseline="linear",
+                  "blank_windows_skipped": train_set.blank_skipped + val_set.blank_skipped,
+                  "loss": loss, "select": select, "body_fraction": body_fraction}
+    if block_spec is not None:
+        provenance["blocks"] = block_spec
+        provenance["test_slices"] = _test_slices(store, block_spec)
+    if start_from is not None:
+        provenance["init"] = {"model": str(init), "digest": start_from.digest}
+    kind = Kind(loss=losses[loss], baseline="linear",
                 baseline_of=lambda x: linear_between(x, factor).numpy(), save=save_model,
                 loss_per_sample=False, digits=4)
     fit(kind, ResliceModel(net, provenance=provenance), optimizer, train_set, val_set,
         out_dir=out_dir, start=done, best=best, epochs=epochs, resume=resume,
         augment={} if augment else None, seed=seed, batch_size=batch_size,
-        num_workers=num_workers, dev=dev, amp=amp, progress=progress, max_windows=max_windows)
+        num_workers=num_workers, dev=dev, amp=amp, progress=progress, max_windows=max_windows,
+        select=select)
     return load_model(out_dir / "best")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,10 @@ import numpy as np
 from ..intensity import HU_WINDOW, to_unit
 from ..io._handles import HuHandles
 
-__all__ = ["PairWindows", "Window", "split_of"]
+__all__ = ["PairWindows", "Window", "check_blocks", "split_of"]
+
+#: HU above which a pixel counts as body for ``body_fraction`` crops.
+BODY_HU = -500
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,25 @@ class Window:
 
     def targets(self, k: int) -> list[int]:
         return [self.start + j * self.step for j in range(1, k)]
+
+
+def check_blocks(blocks: Mapping[str, Mapping[str, Sequence[Sequence[int]]]],
+                 guard: int) -> None:
+    """Check that the blocks of every series are disjoint and ``guard`` slices apart.
+
+    Raises ``ValueError`` naming the series and the two blocks that are closer.
+    """
+    for key, spec in blocks.items():
+        spans = sorted((int(lo), int(hi), name) for name, rs in spec.items()
+                       for lo, hi in rs)
+        for (lo1, hi1, n1), (lo2, hi2, n2) in zip(spans, spans[1:], strict=False):
+            if n1 != n2 and lo2 - hi1 < guard:
+                raise ValueError(
+                    f"series {key}: block {n1} [{lo1}, {hi1}) and block {n2} [{lo2}, {hi2}) "
+                    f"are {lo2 - hi1} slices apart; leave a guard gap of at least {guard}")
+            if lo2 < hi1:
+                raise ValueError(f"series {key}: blocks [{lo1}, {hi1}) and [{lo2}, {hi2}) "
+                                 "overlap")
 
 
 def split_of(series_uid: str, val_fraction: float = 0.3) -> str:
@@ -131,6 +153,17 @@ class PairWindows:
         When the store holds curation labels (``ctvol curate``), leave out
         every window that touches a slice labelled blank (the paper trains
         on non-blank slices only).
+    blocks : mapping, optional
+        Explicit contiguous z-blocks per series, overriding ``partitions``:
+        ``{series_uid_or_key: {"train": [[lo, hi], ...], "val": [...],
+        "test": [...]}}`` with slice index ranges ``[lo, hi)``. A window lies
+        entirely inside one block; series not listed feed no split.
+        :func:`check_blocks` validates the guard gaps. This is how the
+        bundled models were trained (``pipelines/default_models.json``).
+    body_fraction : float, default 0
+        A random crop must have at least this fraction of its pixels above
+        -500 HU in the first input slice (the body, not the air around it);
+        up to ``crop_tries`` draws, then the draw with the most body is kept.
 
     Each item is ``(x, y)``: float32 arrays (2, H, W) and (k-1, H, W) in
     [0, 1] (HU clipped to [-1024, 1024]).
@@ -162,6 +195,9 @@ class PairWindows:
         skip_blank: bool = True,
         window: tuple[float, float] = HU_WINDOW,
         storage_options: dict[str, Any] | None = None,
+        blocks: Mapping[str, Mapping[str, Sequence[Sequence[int]]]] | None = None,
+        body_fraction: float = 0.0,
+        crop_tries: int = 8,
     ) -> None:
         from ..io.store import _series_attrs, _url, open_store
 
@@ -170,8 +206,8 @@ class PairWindows:
         if partitions not in ("train-val", "train-val-test"):
             raise ValueError(f"partitions must be 'train-val' or 'train-val-test', "
                              f"got {partitions!r}")
-        valid = ("train", "val", "test", "all") if partitions == "train-val-test" \
-            else ("train", "val", "all")
+        valid = ("train", "val", "test", "all") \
+            if partitions == "train-val-test" or blocks is not None else ("train", "val", "all")
         if split not in valid:
             raise ValueError(f"split must be one of {valid} with partitions={partitions!r}, "
                              f"got {split!r}")
@@ -182,6 +218,8 @@ class PairWindows:
         self.crop, self.seed, self.window = crop, seed, window
         self.storage_options = storage_options
         self.epoch = 0
+        self.body_fraction, self.crop_tries = float(body_fraction), int(crop_tries)
+        self.blocks = None if blocks is None else {str(k): v for k, v in blocks.items()}
         root = open_store(store, storage_options=storage_options)
         series = _series_attrs(root)
         if keys is not None:
@@ -193,8 +231,12 @@ class PairWindows:
         self.blank_skipped = 0
         for key, attrs in sorted(series.items()):
             n = self.shapes[key][0]
-            lo, hi = self._z_range(n, split, single, attrs.get("series_uid", key), val_fraction)
-            found = [Window(key, i, s) for s in strides
+            uid = attrs.get("series_uid", key)
+            if self.blocks is not None:
+                ranges = self._block_ranges(key, uid, n, split)
+            else:
+                ranges = [self._z_range(n, split, single, uid, val_fraction)]
+            found = [Window(key, i, s) for lo, hi in ranges for s in strides
                      for i in range(lo, hi - factor * s)]
             blank = _blank_slices(root, key) if skip_blank else None
             if blank is not None:
@@ -214,6 +256,22 @@ class PairWindows:
             )
         self.windows = windows
         self._hu = HuHandles(self.store, storage_options, config=_read_config)
+
+    def _block_ranges(self, key: str, uid: str, n: int, split: str) -> list[tuple[int, int]]:
+        """The ``[lo, hi)`` blocks of one series in ``split`` (``blocks=``)."""
+        assert self.blocks is not None
+        spec = self.blocks.get(uid, self.blocks.get(key))
+        if spec is None:
+            return []
+        names = ("train", "val", "test") if split == "all" else (split,)
+        out = []
+        for name in names:
+            for lo, hi in spec.get(name, []):
+                if not 0 <= lo < hi <= n:
+                    raise ValueError(f"block {name} [{lo}, {hi}) of series {key} is outside "
+                                     f"its {n} slices; fix the blocks file")
+                out.append((int(lo), int(hi)))
+        return out
 
     def _z_range(self, n: int, split: str, single: bool, uid: str,
                  val_fraction: float) -> tuple[int, int]:
@@ -257,6 +315,17 @@ class PairWindows:
             h, wd = x.shape[-2:]
             c = min(self.crop, h, wd)
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, wd - c + 1))
+            best = (-1.0, 0, 0)
+            for _ in range(max(1, self.crop_tries) if self.body_fraction > 0 else 1):
+                r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, wd - c + 1))
+                if self.body_fraction <= 0:
+                    best = (1.0, r0, c0)
+                    break
+                frac = float(np.mean(x[0, r0 : r0 + c, c0 : c0 + c] > BODY_HU))
+                if frac > best[0]:
+                    best = (frac, r0, c0)
+                if frac >= self.body_fraction:
+                    break
+            _, r0, c0 = best
             x, y = x[:, r0 : r0 + c, c0 : c0 + c], y[:, r0 : r0 + c, c0 : c0 + c]
         return to_unit(x, self.window), to_unit(y, self.window)
