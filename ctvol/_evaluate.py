@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONVENTIONS", "EvaluationReport", "evaluate", "paired_t"]
 
-METHODS = ("linear", "unet")
+METHODS = ("linear", "unet", "auto")
 BASELINE = "linear"
 #: The two conventions every report carries, primary first.
 CONVENTIONS = {
@@ -103,6 +103,8 @@ class _Case:
     #: per-series report rows' statistics: (labels, names, paired, moments)
     stats: list[tuple[dict[str, Any], Sequence[str], bool, dict[str, np.ndarray]]] = field(
         default_factory=list)
+    #: method="auto": its self-check's decision and scores (attrs["reslice"]["auto"])
+    auto: dict[str, Any] | None = None
 
     @property
     def block(self) -> xr.Dataset:
@@ -213,7 +215,7 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
     """A ResliceModel per factor for the U-net method (bundled by default)."""
     from ._reslice import _bundled_for, _load
 
-    if "unet" not in methods:
+    if "unet" not in methods and "auto" not in methods:
         return {}
     if isinstance(model, Mapping):
         given = {int(k): _load(v) for k, v in model.items()}
@@ -296,15 +298,18 @@ def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequ
     kept = block.isel(z=slice(None, None, k))
     try:
         outs = [reslice(kept, k, method=meth, batch_size=batch_size, device=device,
-                        model=(models[k].path or models[k]) if meth == "unet" else None)
+                        model=(models[k].path or models[k]) if meth != "linear" else None)
                 for meth in methods]
     except GeometryError as e:
         return f"not evaluable: {e}"
+    auto = next((o.attrs["reslice"].get("auto") for o in outs
+                 if "auto" in o.attrs["reslice"]), None)
     metrics = map_slice_metrics(block["hu"].data, *(o["hu"].data for o in outs), window=window)
     return _Case(factor=k, stride=stride, key=src.key,
                  index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
                  generated=np.asarray(outs[0]["generated"].values, dtype=bool),
-                 series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics)
+                 series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics,
+                 auto=auto)
 
 
 def _series_window() -> int:
@@ -337,9 +342,12 @@ def evaluate(
     factor : int or iterable of int, default 3
         Re-slice factor(s) k: every k-th slice is kept, the k-1 between are
         generated and compared.
-    methods : str or sequence, default ("linear", "unet")
+    methods : str or sequence, default ("linear", "unet", "auto")
         Methods of :func:`ctvol.reslice`; each other method is paired-t-tested
-        against ``"linear"`` (the baseline) when both are given.
+        against ``"linear"`` (the baseline) when both are given. ``"auto"``
+        runs its self-check on the kept slices of each case (what a user
+        holding only those slices would get); its decision per case is in
+        ``info["data"]["evaluated"][...]["runs"][...]["auto"]``.
     model : path, name, ResliceModel or {factor: model}, optional
         U-net checkpoint(s); default the bundled model of each factor.
     series : key, list of keys or {key: slice(start, stop)}, optional
@@ -466,7 +474,9 @@ def _overlaps(c: _Case, model: Any, used: Mapping[str, Any], role: str,
               effect: str) -> list[str]:
     out = []
     uid = str(c.series_uid or "")
-    for key, rng in used.items():
+    spans = [(key, rng) for key, value in used.items()
+             for rng in (value if isinstance(value, list) else [value])]
+    for key, rng in spans:
         if key not in (c.key, uid) or not isinstance(rng, Mapping) or "z_mm" not in rng:
             continue
         lo, hi = sorted(float(v) for v in rng["z_mm"])

@@ -395,7 +395,8 @@ def info(*, store: str | None, factors: list[int], strides: list[int], methods: 
         evaluated[c.key].append({"factor": c.factor, "stride": c.stride,
                                  "slices": int(c.index.size),
                                  "generated": int(c.generated.sum()),
-                                 "index_range": [int(c.index[0]), int(c.index[-1])]})
+                                 "index_range": [int(c.index[0]), int(c.index[-1])],
+                                 **({"auto": c.auto} if c.auto is not None else {})})
     data = {"evaluated": [{**d, "runs": evaluated.get(d["series"], [])} for d in sources],
             "skipped": skipped}
     return {

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["plan_factor", "reslice"]
 
-METHODS = ("unet", "linear")
+METHODS = ("auto", "unet", "linear")
 #: Factors of the paper's re-slice systems (1/3, 1/4, 1/5).
 PAPER_FACTORS = (3, 4, 5)
 #: Relative tolerance on slice steps and on target-spacing arithmetic.
@@ -110,12 +110,79 @@ def _bundled_for(k: int | None) -> Any:
     return names[0]
 
 
+#: PSNR (dB) counted for a slice reproduced exactly (MSE 0) in the self-check.
+EXACT_PSNR = 100.0
+
+
+def self_check(
+    ds: xr.Dataset, factor: int, *, model: Any = None, batch_size: int = 16,
+    device: str | None = None, amp: bool = False,
+) -> dict[str, Any]:
+    """Score the U-net against linear on a series' own acquired slices.
+
+    Pairs (i, i+k) of acquired slices (i = 0, k, 2k, ...) predict the
+    acquired slices between them, with both methods: the evaluation protocol
+    of :func:`ctvol.evaluate` (HU clipped to [-1024, 1024] → [0, 1], data
+    range 1), on the user's own data. It costs about 1/k of the reslice
+    (docs/reslice.md). Runs now (it computes) on the active scheduler.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The series (``hu`` on z, y, x), evenly spaced.
+    factor : int
+        Re-slice factor k.
+    model : str, path or ResliceModel, optional
+        The U-net; default the bundled model for k.
+
+    Returns
+    -------
+    dict
+        ``method`` (``"unet"`` or ``"linear"``: the U-net only when its mean
+        PSNR **and** mean SSIM beat linear's), ``reason``, ``slices`` (number
+        of slices scored), ``psnr_unet``, ``psnr_linear``, ``ssim_unet``,
+        ``ssim_linear`` (means over the scored slices; a slice reproduced
+        exactly counts as :data:`EXACT_PSNR` dB rather than infinity).
+    """
+    import dask
+
+    from .metrics import map_slice_metrics
+
+    k = _check_factor(factor)
+    n = ds.sizes["z"]
+    base = {"slices": 0, "psnr_unet": None, "psnr_linear": None, "ssim_unet": None,
+            "ssim_linear": None}
+    if n < k + 1:
+        return {**base, "method": "linear",
+                "reason": f"too short for the self-check: {n} slice(s), factor {k} needs at "
+                          f"least {k + 1} (one pair and the {k - 1} slice(s) between)"}
+    m = (n - 1) // k * k + 1
+    block = ds.isel(z=slice(0, m))
+    kept = block.isel(z=slice(None, None, k))
+    outs = [reslice(kept, k, method=meth, model=model if meth == "unet" else None,
+                    batch_size=batch_size, device=device, amp=amp)
+            for meth in ("unet", "linear")]
+    gen = np.asarray(outs[0]["generated"].values, dtype=bool)
+    (metrics,) = dask.compute(map_slice_metrics(block["hu"].data, outs[0]["hu"].data,
+                                                outs[1]["hu"].data))
+    metrics = np.asarray(metrics)[gen]  # (slices, method, metric)
+    psnr_u, psnr_l = (float(np.minimum(metrics[:, j, 0], EXACT_PSNR).mean()) for j in (0, 1))
+    ssim_u, ssim_l = (float(metrics[:, j, 1].mean()) for j in (0, 1))
+    better = psnr_u > psnr_l and ssim_u > ssim_l
+    verdict = ("U-net better in PSNR and SSIM" if better
+               else "U-net not better than linear in both PSNR and SSIM")
+    return {"method": "unet" if better else "linear",
+            "reason": f"self-check on {int(gen.sum())} acquired slices: {verdict}",
+            "slices": int(gen.sum()), "psnr_unet": psnr_u, "psnr_linear": psnr_l,
+            "ssim_unet": ssim_u, "ssim_linear": ssim_l}
+
+
 def reslice(
     ds: xr.Dataset,
     factor: int | None = None,
     *,
     spacing: float | None = None,
-    method: str = "unet",
+    method: str = "auto",
     model: Any = None,
     batch_size: int = 16,
     device: str | None = None,
@@ -133,10 +200,17 @@ def reslice(
     spacing : float, optional
         Target spacing in mm instead of ``factor`` (see :func:`plan_factor`);
         with ``method="unet"`` only factors of the available models count.
-    method : {"unet", "linear"}, default "unet"
-        ``"linear"`` is the paper's baseline (distance-weighted average).
+    method : {"auto", "unet", "linear"}, default "auto"
+        ``"linear"`` is the paper's baseline (distance-weighted average);
+        ``"unet"`` forces the U-net. ``"auto"`` runs :func:`self_check` on
+        this series first (computing about 1/k of the reslice now) and uses
+        the U-net only when it beats linear there in mean PSNR and SSIM;
+        linear when it does not, when the series is too short for the check,
+        or when there is no U-net for the factor. The decision and both
+        scores are in ``attrs["reslice"]["auto"]`` and the history.
     model : str, path or ResliceModel, optional
-        Checkpoint for ``"unet"``; default: the bundled model for the factor.
+        Checkpoint for ``"unet"`` / ``"auto"``; default: the bundled model
+        for the factor.
     batch_size : int, default 16
         Slice pairs per forward pass.
     device : str, optional
@@ -202,7 +276,40 @@ def reslice(
 
     loaded = None
     factors = None
-    if method == "unet":
+    auto: dict[str, Any] | None = None
+    if method == "auto":
+        from .models import bundled_models
+
+        if model is not None:
+            loaded = _load(model)
+            factors = [loaded.factor]
+        else:
+            factors = sorted(set(bundled_models().values()))
+        try:
+            k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
+        except ValueError:
+            if model is not None or spacing is None:
+                raise
+            k, m = plan_factor(dz, spacing=spacing)
+        if loaded is None and k in factors:
+            loaded = _load(_bundled_for(k))
+        if loaded is not None and loaded.factor != k:
+            raise ValueError(
+                f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was "
+                f"asked; use factor={loaded.factor} or a model trained for {k}"
+            )
+        if loaded is None:
+            auto = {"method": "linear", "reason": f"no U-net for factor {k}", "slices": 0,
+                    "psnr_unet": None, "psnr_linear": None, "ssim_unet": None,
+                    "ssim_linear": None}
+        else:
+            auto = self_check(ds, k, model=loaded, batch_size=batch_size, device=device,
+                              amp=amp)
+        method = auto["method"]
+        if method == "linear":
+            loaded = None
+        factors = [k]  # the plan below gives (k, m) again
+    if method == "unet" and auto is None:
         if model is not None:
             loaded = _load(model)
             factors = [loaded.factor]
@@ -274,13 +381,18 @@ def reslice(
     attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
     spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
     attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
-    desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, method={method!r}"
+    desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, "
+            + (f"method='auto' -> {method!r}" if auto is not None else f"method={method!r}")
             + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
             + ")")
+    if auto is not None:
+        desc += f" [{_auto_text(auto)}]"
     attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])), desc]
     attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
                         "source_spacing_mm": dz,
                         "model_digest": loaded.digest if loaded is not None else None}
+    if auto is not None:
+        attrs["reslice"]["auto"] = auto
     coords = {"z": ("z", z_out, ds["z"].attrs), "generated": ("z", generated),
               "acquired_index": ("z", acquired)}
     for c in ("y", "x"):
@@ -289,6 +401,15 @@ def reslice(
     result = xr.Dataset({"hu": (("z", "y", "x"), out, ds["hu"].attrs)}, coords=coords,
                         attrs=attrs)
     return result.isel(z=slice(None, None, m)) if m > 1 else result
+
+
+def _auto_text(auto: dict[str, Any]) -> str:
+    """One line for the history and the CLI: the decision and both scores."""
+    if auto.get("psnr_unet") is None:
+        return auto["reason"]
+    return (f"{auto['reason']}: PSNR unet {auto['psnr_unet']:.2f} / linear "
+            f"{auto['psnr_linear']:.2f} dB, SSIM unet {auto['ssim_unet']:.4f} / linear "
+            f"{auto['ssim_linear']:.4f}")
 
 
 def _cluster_has_gpu() -> bool:

@@ -242,13 +242,24 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
             assert not isinstance(kept, list)
             ds = kept
         ds = ds.drop_vars("label", errors="ignore")
+        # method="auto" decides once per series (its self-check computes); the
+        # rebuild when the write starts reuses that decision and its record.
+        decided = decisions.get(key)
         fine = ctvol.reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
-                             method=opts.get("method", "unet"), model=opts.get("model"),
+                             method=decided[0] if decided else opts.get("method", "auto"),
+                             model=opts.get("model"),
                              batch_size=opts.get("batch_size", 16), device=opts.get("device"))
+        if decided:
+            fine.attrs["reslice"] = decided[1]
+            fine.attrs["ctvol_history"] = [*fine.attrs["ctvol_history"][:-1], decided[2]]
+        elif "auto" in fine.attrs["reslice"]:
+            decisions[key] = (fine.attrs["reslice"]["method"], dict(fine.attrs["reslice"]),
+                              fine.attrs["ctvol_history"][-1])
         fine.attrs["ctvol_run"] = stamps[key]
         return int(ds.sizes["z"]), fine
 
     slices = made = 0
+    decisions: dict[str, tuple[str, dict[str, Any], str]] = {}
     stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for key in ctvol.list_series(cfg["store"]):
@@ -281,8 +292,14 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
             continue
         slices += sizes[key][0]
         made += sizes[key][1]
+        how = ""
+        if key in decisions:
+            from ._reslice import _auto_text
+
+            rec = decisions[key][1]
+            how = f"auto -> {rec['method']}: {_auto_text(rec['auto'])}"
         summary.series.append({"stage": "reslice", "series": key, "status": "done",
-                               "reason": ""})
+                               "reason": how})
     summary.stages[-1].update(slices=slices, output_slices=made)
 
 

@@ -78,9 +78,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for key in keys:
             ds = ctvol.open_series(args.store, key)
             gen = int(ds["generated"].sum()) if "generated" in ds.coords else 0
+            how = f"; {_method_text(ds)}" if "reslice" in ds.attrs else ""
             print(f"  {key}: {ds.sizes['z']} slices ({gen} generated) of "
                   f"{ds.sizes['y']}x{ds.sizes['x']}, spacing "
-                  f"{', '.join(f'{v:.4g}' for v in ds.attrs.get('spacing', []))} mm")
+                  f"{', '.join(f'{v:.4g}' for v in ds.attrs.get('spacing', []))} mm{how}")
         return 0
     n_ok = int(series["status"].isin(["ok", "unchanged"]).sum()) if len(series) else 0
     n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
@@ -128,9 +129,19 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
     def describe(ds: Any, out: Any) -> str:
         return (f"{ds.sizes['z']} slices at {ds.attrs['spacing'][0]:.4g} mm -> "
                 f"{out.sizes['z']} at {out.attrs['spacing'][0]:.4g} mm "
-                f"({int(out.generated.sum())} generated, {args.method})")
+                f"({int(out.generated.sum())} generated, {_method_text(out)})")
 
     return _each_series(args, "reslice", "resliced", make, describe)
+
+
+def _method_text(out: Any) -> str:
+    """``linear`` / ``unet``, or the auto decision with both self-check scores."""
+    from ctvol._reslice import _auto_text
+
+    info = out.attrs.get("reslice", {})
+    if "auto" not in info:
+        return str(info.get("method"))
+    return f"auto -> {info['method']}: {_auto_text(info['auto'])}"
 
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
@@ -361,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--factor", type=int, help="re-slice factor k (output dz = dz / k)")
     target.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing (mm)")
-    p.add_argument("--method", choices=["unet", "linear"], default="unet")
-    p.add_argument("--model", help="checkpoint folder or bundled model name (method unet)")
+    p.add_argument("--method", choices=["auto", "unet", "linear"], default="auto",
+                   help="auto (default): per series, the U-net only where a self-check on "
+                        "the series' own slices shows it beats linear; unet or linear force one")
+    p.add_argument("--model", help="checkpoint folder or bundled model name (method unet/auto)")
     p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
     p.add_argument("--batch-size", type=int, default=16, help="slice pairs per forward pass")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
@@ -448,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="cohort store")
     p.add_argument("--factor", type=int, nargs="+", default=[3], help="factor(s) k (default 3)")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--method", nargs="+", choices=["linear", "unet"], default=["linear", "unet"])
+    p.add_argument("--method", nargs="+", choices=["linear", "unet", "auto"],
+                   default=["linear", "unet", "auto"],
+                   help="methods compared (default: linear unet auto); each is paired-t-tested "
+                        "against linear")
     p.add_argument("--model", action="append",
                    help="checkpoint folder or bundled name (repeat, one per factor; default: "
                         "the bundled model of each factor)")

@@ -164,7 +164,11 @@ def test_report_files(tmp_path: pathlib.Path) -> None:
                                                                       4: tiny_model(4)})
     out = rep.save(tmp_path / "report")
     doc = json.loads((out / "report.json").read_text())
-    assert doc["factors"] == [3, 4] and doc["methods"] == ["linear", "unet"]
+    assert doc["factors"] == [3, 4] and doc["methods"] == ["linear", "unet", "auto"]
+    runs = doc["data"]["evaluated"][0]["runs"]
+    # x3: 5 kept slices, one self-check pair (0, 3) scores 2; x4: 4 kept, too short
+    assert runs[0]["auto"]["slices"] == 2 and runs[0]["auto"]["method"] in ("unet", "linear")
+    assert "too short for the self-check" in runs[1]["auto"]["reason"]
     assert set(doc["models"]) == {"3", "4"}
     assert doc["models"]["3"]["digest"] == tiny_model(3).digest
     assert {"numpy", "dask", "scikit-image", "torch"} <= set(doc["versions"])
@@ -261,7 +265,8 @@ def test_distributed_client_gives_the_same_table() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
-    ({"methods": ("linear", "cubic")}, ValueError, r"valid methods are \['linear', 'unet'\]"),
+    ({"methods": ("linear", "cubic")}, ValueError,
+     r"valid methods are \['linear', 'unet', 'auto'\]"),
     ({"factor": 1}, ValueError, "factors must be integers >= 2"),
     ({"strides": 0}, ValueError, "strides must be integers >= 1"),
     ({"factor": 4, "model": "unet-x3"}, ValueError, "no model for factor 4"),

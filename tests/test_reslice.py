@@ -75,7 +75,7 @@ def test_reslice_is_lazy(tmp_path: pathlib.Path) -> None:
     ds = _volume(chunks=2)
     with raise_if_dask_computes():
         out = ctvol.reslice(ds, 3, method="linear")
-        out2 = ctvol.reslice(ds, 3, model=tiny_model(3))
+        out2 = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3))
     assert out.hu.chunks is not None and out2.hu.chunks is not None
 
 
@@ -96,7 +96,7 @@ def test_spacing_target_keeps_every_mth() -> None:
     assert out.attrs["reslice"]["factor"] == 2  # linear: the smallest factor that works
     np.testing.assert_allclose(np.diff(out.z.values), 2.0)
     np.testing.assert_array_equal(out.hu.values[::2], ds.hu.values)
-    with_model = ctvol.reslice(ds, spacing=2.0, model=tiny_model(4))
+    with_model = ctvol.reslice(ds, spacing=2.0, method="unet", model=tiny_model(4))
     assert with_model.attrs["reslice"]["factor"] == 4
     assert with_model.attrs["reslice"]["keep_every"] == 2
     np.testing.assert_allclose(np.diff(with_model.z.values), 2.0)
@@ -113,11 +113,12 @@ def test_unreachable_spacing_lists_reachable() -> None:
     ({"factor": 1}, ValueError, "factor must be an integer >= 2"),
     ({"factor": 2.5}, ValueError, "factor must be an integer >= 2"),
     ({"factor": True}, ValueError, "factor must be an integer >= 2"),
-    ({"factor": 3, "method": "cubic"}, ValueError, r"method must be one of \['unet', 'linear'\]"),
+    ({"factor": 3, "method": "cubic"}, ValueError,
+     r"method must be one of \['auto', 'unet', 'linear'\]"),
     ({"factor": 3, "method": "linear", "batch_size": 0}, ValueError, "batch_size"),
     ({"factor": 3, "spacing": 1.0}, ValueError, "exactly one of"),
-    ({"factor": 2}, FileNotFoundError, "no bundled U-net for factor 2 .*unet-x3 .* "
-                    "method='linear'"),
+    ({"factor": 2, "method": "unet"}, FileNotFoundError,
+     "no bundled U-net for factor 2 .*unet-x3 .* method='linear'"),
 ])
 def test_errors(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
@@ -126,7 +127,7 @@ def test_errors(kwargs: dict[str, object], exc: type[Exception], match: str) -> 
 
 def test_model_factor_mismatch() -> None:
     with pytest.raises(ValueError, match="generates factor 4, but factor 3 was asked"):
-        ctvol.reslice(_volume(), 3, model=tiny_model(4))
+        ctvol.reslice(_volume(), 3, method="unet", model=tiny_model(4))
 
 
 def test_too_few_slices_and_uneven_spacing() -> None:
@@ -141,7 +142,7 @@ def test_too_few_slices_and_uneven_spacing() -> None:
 @pytest.mark.parametrize("output", ["sigmoid", "residual"])
 def test_unet_keeps_acquired_slices_and_maps_back_to_hu(output: str) -> None:
     ds = _volume(n=4, shape=(30, 22))  # not a multiple of the network's 4: padded, cropped
-    out = ctvol.reslice(ds, 3, model=tiny_model(3, output=output))
+    out = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3, output=output))
     hu = out.hu.values
     assert hu.shape == (10, 30, 22)
     np.testing.assert_array_equal(hu[::3], ds.hu.values)
@@ -157,8 +158,8 @@ def test_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
     loaded = load_model(tmp_path / "m")
     assert loaded.factor == 5 and loaded.digest == model.digest
     ds = _volume(n=3)
-    a = ctvol.reslice(ds, 5, model=model).hu.values
-    b = ctvol.reslice(ds, 5, model=str(tmp_path / "m")).hu.values
+    a = ctvol.reslice(ds, 5, method="unet", model=model).hu.values
+    b = ctvol.reslice(ds, 5, method="unet", model=str(tmp_path / "m")).hu.values
     np.testing.assert_array_equal(a, b)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text('{"format": "other"}')
@@ -176,14 +177,14 @@ def test_threads_and_processes_give_identical_output(tmp_path: pathlib.Path) -> 
     save_model(tiny_model(3, seed=7), tmp_path / "m")
     ds = _volume(n=9, chunks=4)
     with dask.config.set(scheduler="threads"):
-        threads = ctvol.reslice(ds, 3, model=str(tmp_path / "m")).hu.values
+        threads = ctvol.reslice(ds, 3, method="unet", model=str(tmp_path / "m")).hu.values
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                      dashboard_address=":0") as cluster,
         Client(cluster),
     ):
-        procs = ctvol.reslice(ds, 3, model=str(tmp_path / "m")).hu.values
-        in_memory = ctvol.reslice(ds, 3, model=tiny_model(3, seed=7)).hu.values
+        procs = ctvol.reslice(ds, 3, method="unet", model=str(tmp_path / "m")).hu.values
+        in_memory = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3, seed=7)).hu.values
     np.testing.assert_array_equal(threads, procs)
     np.testing.assert_array_equal(threads, in_memory)
 
@@ -212,9 +213,15 @@ def test_cli_reslice(sample_store: str, tmp_path: pathlib.Path,
     np.testing.assert_array_equal(fine.hu.values[::3], src.hu.values)
     assert main(["info", out]) == 0
     assert "88 slices (58 generated) of 512x512, spacing 0.3333" in capsys.readouterr().out
-    assert main(["reslice", sample_store, "-o", out, "--factor", "2", "--scheduler",
-                 "threads", "-q"]) == 3  # no bundled U-net for 2: skipped with the reason
+    assert main(["reslice", sample_store, "-o", out, "--factor", "2", "--method", "unet",
+                 "--scheduler", "threads", "-q"]) == 3  # no bundled U-net for 2: skipped
     assert "no bundled U-net for factor 2" in capsys.readouterr().err
+    auto_out = str(tmp_path / "auto.zarr")  # the default, auto: linear, and says why
+    assert main(["reslice", sample_store, "-o", auto_out, "--factor", "2", "--scheduler",
+                 "threads"]) == 0
+    assert "auto -> linear: no U-net for factor 2" in capsys.readouterr().out
+    assert main(["info", auto_out]) == 0
+    assert "auto -> linear: no U-net for factor 2" in capsys.readouterr().out
 
 
 def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path,
@@ -225,7 +232,8 @@ def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path,
     save_model(tiny_model(3), tmp_path / "m")
     _, gpu = gpu_cluster
     with get_task_stream() as ts:
-        out = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m"),
+        out = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
+                          model=str(tmp_path / "m"),
                             device="cpu")
         ctvol.write(out, tmp_path / "o.zarr", "k")
     ran_on = [t["worker"] for t in ts.data if "reslice-unet" in str(t["key"])]
@@ -239,7 +247,8 @@ def test_cuda_flag_builds_lazily_and_device_resolution() -> None:
     """The GPU path is a flag away: the graph builds for device='cuda' on any machine."""
     from ctvol.inference import resolve_device
 
-    out = ctvol.reslice(_volume(n=3), 3, model=tiny_model(3), device="cuda", amp=True)
+    out = ctvol.reslice(_volume(n=3), 3, method="unet", model=tiny_model(3), device="cuda",
+                        amp=True)
     assert out.sizes["z"] == 7
     assert resolve_device("cpu") == "cpu"
     import torch
@@ -251,8 +260,9 @@ def test_cuda_flag_builds_lazily_and_device_resolution() -> None:
 def test_cuda_matches_cpu_closely() -> None:
     ds = _volume(n=3)
     model = tiny_model(3)
-    cpu = ctvol.reslice(ds, 3, model=model, device="cpu").hu.values.astype(int)
-    gpu = ctvol.reslice(ds, 3, model=tiny_model(3), device="cuda").hu.values.astype(int)
+    cpu = ctvol.reslice(ds, 3, method="unet", model=model, device="cpu").hu.values.astype(int)
+    gpu = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3),
+                        device="cuda").hu.values.astype(int)
     assert np.abs(cpu - gpu).max() <= 1
 
 
@@ -262,7 +272,7 @@ def test_untrained_residual_unet_is_the_linear_baseline() -> None:
 
     ds = _volume(n=4)
     fresh = ResliceModel(UNet(3, depth=2, base=4, output="residual"))
-    unet = ctvol.reslice(ds, 3, model=fresh).hu.values.astype(int)
+    unet = ctvol.reslice(ds, 3, method="unet", model=fresh).hu.values.astype(int)
     lin = ctvol.reslice(ds, 3, method="linear").hu.values.astype(int)
     # Same formula, one through [0, 1] in float32: at most 1 HU of rounding apart
     # (inside the [-1024, 1024] window that the model sees).
@@ -284,14 +294,14 @@ def test_bundled_models_are_found_and_used_by_default(k: int) -> None:
     assert held["psnr"]["unet_mean"] > held["psnr"]["linear_mean"]  # the shipping bar
     assert held["ssim"]["unet_mean"] > held["ssim"]["linear_mean"]
     ds = _volume(n=3, shape=(32, 32))
-    out = ctvol.reslice(ds, k)  # method="unet", the bundled model
+    out = ctvol.reslice(ds, k, method="unet")  # the bundled model
     assert out.attrs["reslice"]["model_digest"] == model.digest
     np.testing.assert_array_equal(out.hu.values[::k], ds.hu.values)
 
 
 def test_spacing_plan_with_bundled_models() -> None:
     ds = _volume(n=3, dz=4.0, shape=(32, 32))
-    out = ctvol.reslice(ds, spacing=2.0)  # the paper's example: x4, keep every 2nd
+    out = ctvol.reslice(ds, spacing=2.0, method="unet")  # the paper's example: x4, every 2nd
     assert (out.attrs["reslice"]["factor"], out.attrs["reslice"]["keep_every"]) == (4, 2)
 
 
@@ -309,14 +319,17 @@ def test_path_checkpoint_loaded_once_on_threads(tmp_path: pathlib.Path,
     monkeypatch.setattr(_checkpoint, "load_weights",
                         lambda p: calls.append(str(p)) or real(p))
     with dask.config.set(scheduler="threads"):
-        a = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m")).hu.values
+        a = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
+                          model=str(tmp_path / "m")).hu.values
     assert len(calls) == 1, calls
     # Rewritten in place (a new training run): loaded again, not served stale.
     save_model(tiny_model(3, seed=12), tmp_path / "m")
     with dask.config.set(scheduler="threads"):
-        b = ctvol.reslice(_volume(n=9, chunks=2), 3, model=str(tmp_path / "m")).hu.values
+        b = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
+                          model=str(tmp_path / "m")).hu.values
     assert len(calls) == 2
-    expected = ctvol.reslice(_volume(n=9, chunks=2), 3, model=tiny_model(3, seed=12)).hu.values
+    expected = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
+                          model=tiny_model(3, seed=12)).hu.values
     np.testing.assert_array_equal(b, expected)
     assert not np.array_equal(a, b)
 
@@ -327,9 +340,9 @@ def test_in_memory_model_graph_key_is_its_digest() -> None:
     other weights give another."""
     ds = _volume(n=5, chunks=2)
     m = tiny_model(3, seed=1)
-    g1 = ctvol.reslice(ds, 3, model=m).hu.data
-    g2 = ctvol.reslice(ds, 3, model=tiny_model(3, seed=1)).hu.data
-    g3 = ctvol.reslice(ds, 3, model=tiny_model(3, seed=2)).hu.data
+    g1 = ctvol.reslice(ds, 3, method="unet", model=m).hu.data
+    g2 = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3, seed=1)).hu.data
+    g3 = ctvol.reslice(ds, 3, method="unet", model=tiny_model(3, seed=2)).hu.data
     assert g1.name == g2.name and g1.name != g3.name
     keys = {str(k) for k in dict(g1.__dask_graph__())}
     assert f"reslice-model-{m.digest}" in keys
@@ -354,3 +367,73 @@ def test_worker_torch_threads_split_the_host_between_all_its_workers() -> None:
         got = [client.submit(_torch_threads_in_worker, workers=[w], pure=False).result()
                for w in client.scheduler_info()["workers"]]
     assert [n for n, _ in got] == [max(1, cores // 2) for _, cores in got]
+
+
+def _offset_model(k: int, hu: float) -> object:
+    """A residual U-net whose head adds a constant ``hu`` to linear interpolation."""
+    import torch
+
+    from ctvol.models import ResliceModel
+    from ctvol.models.unet import UNet
+
+    net = UNet(k, depth=2, base=4, output="residual")  # zero head: exactly linear
+    with torch.no_grad():
+        net.head.bias.fill_(hu / 2048.0)  # [-1024, 1024] HU -> [0, 1]
+    return ResliceModel(net, provenance={"trained": False, "offset_hu": hu})
+
+
+def _bright_between(n: int = 13, k: int = 3) -> xr.Dataset:
+    """Every k-th slice is the phantom; the slices between are 100 HU brighter, so
+    linear interpolation of the k-th slices misses by 100 HU and a model adding
+    100 HU is exact."""
+    ds = _volume(n=n, dz=1.0, shape=(32, 32), chunks=4)
+    hu = np.repeat(head_phantom((1, 32, 32), seed=1), n, axis=0).astype(np.int16)
+    hu[np.arange(n) % k != 0] += 100
+    return ds.copy(data={"hu": hu}).chunk({"z": 4})
+
+
+@pytest.mark.parametrize(("offset", "chosen"), [(100.0, "unet"), (-150.0, "linear")])
+def test_auto_picks_the_better_method_per_series(offset: float, chosen: str) -> None:
+    ds = _bright_between()
+    model = _offset_model(3, offset)
+    out = ctvol.reslice(ds, 3, model=model)  # method="auto" is the default
+    rec = out.attrs["reslice"]
+    assert rec["method"] == chosen and rec["auto"]["method"] == chosen
+    auto = rec["auto"]
+    # self-check: pairs (0, 3), (3, 6), ... (9, 12) predict the 8 slices between
+    assert auto["slices"] == 8
+    if chosen == "unet":
+        assert auto["psnr_unet"] > auto["psnr_linear"] and auto["ssim_unet"] > auto["ssim_linear"]
+        assert rec["model_digest"] == model.digest
+    else:
+        assert auto["psnr_unet"] < auto["psnr_linear"]
+        assert rec["model_digest"] is None
+    assert f"method='auto' -> '{chosen}'" in out.attrs["ctvol_history"][-1]
+    assert f"{auto['psnr_linear']:.2f}" in out.attrs["ctvol_history"][-1]
+    forced = ctvol.reslice(ds, 3, method=chosen, model=model)
+    np.testing.assert_array_equal(out.hu.values, forced.hu.values)
+    np.testing.assert_array_equal(out.hu.values[::3], ds.hu.values)
+
+
+def test_auto_on_a_series_too_short_falls_back_to_linear_with_reason() -> None:
+    ds = _volume(n=3, dz=3.0, shape=(32, 32))
+    out = ctvol.reslice(ds, 3, model=_offset_model(3, 100.0))
+    auto = out.attrs["reslice"]["auto"]
+    assert out.attrs["reslice"]["method"] == "linear" and auto["slices"] == 0
+    assert "too short for the self-check: 3 slice(s), factor 3 needs at least 4" \
+        in auto["reason"]
+
+
+def test_auto_without_a_model_for_the_factor_is_linear() -> None:
+    ds = _volume(n=13, dz=2.0, shape=(32, 32))
+    out = ctvol.reslice(ds, 2)  # no bundled x2 U-net
+    assert out.attrs["reslice"]["method"] == "linear"
+    assert out.attrs["reslice"]["auto"]["reason"] == "no U-net for factor 2"
+
+
+def test_auto_computes_only_the_self_check_then_is_lazy() -> None:
+    ds = _bright_between()
+    out = ctvol.reslice(ds, 3, model=_offset_model(3, 100.0))
+    assert out.hu.chunks is not None  # the output itself is still a graph
+    with raise_if_dask_computes():
+        ctvol.reslice(ds, 3, method="unet", model=_offset_model(3, 100.0))

@@ -250,3 +250,81 @@ def test_cli_train(store: str, tmp_path: pathlib.Path,
     assert "best model:" in capsys.readouterr().out
     assert main([*args[:5], "2", *args[6:], "--resume"]) == 0
     assert len((tmp_path / "m" / "log.csv").read_text().splitlines()) == 3
+
+
+def _uid(store: str) -> str:
+    return str(ctvol.open_series(store, ctvol.list_series(store)[0]).attrs["series_uid"])
+
+
+def test_explicit_blocks_keep_windows_inside_and_records_them(store: str,
+                                                              tmp_path: pathlib.Path) -> None:
+    k = 3
+    blocks = {_uid(store): {"train": [[0, 12], [31, 40]], "val": [[19, 24]],
+                            "test": [[25, 30]]}}
+    with pytest.raises(ValueError, match=r"block val \[19, 24\) and block test \[25, 30\) "
+                                         r"are 1 slices apart; leave a guard gap of at least 7"):
+        ctvol.train(store, k, epochs=1, out=tmp_path / "x", blocks=blocks, **_small())
+    blocks = {_uid(store): {"train": [[0, 12], [33, 40]], "val": [[19, 26]]}}
+    parts = {p: PairWindows(store, k, split=p, blocks=blocks) for p in ("train", "val")}
+    for part, pw in parts.items():
+        for w in pw.windows:
+            a, b = w.inputs(k)
+            assert any(lo <= a and b < hi for lo, hi in blocks[_uid(store)][part]), (part, w)
+    assert {w.start for w in parts["train"].windows} >= {0, 33}
+    with pytest.raises(ValueError, match="no test windows"):
+        PairWindows(store, k, split="test", blocks=blocks)
+    with pytest.raises(ValueError, match="no train windows"):
+        PairWindows(store, k, split="train", blocks={"other-series": blocks[_uid(store)]})
+    model = ctvol.train(store, k, epochs=1, out=tmp_path / "m", blocks=blocks, **_small())
+    used = model.provenance["training_slices"][ctvol.list_series(store)[0]]
+    assert [u["index"] for u in used] == [[0, 11], [33, 39]]  # two runs, not [0, 39]
+    assert model.provenance["blocks"] == blocks
+
+
+def test_body_crops_hold_more_body(store: str) -> None:
+    def body(pw: PairWindows) -> float:
+        return float(np.mean([np.mean(pw[i][0][0] > (-500 + 1024) / 2048)
+                              for i in range(len(pw))]))
+
+    anywhere = PairWindows(store, 3, split="all", crop=12, seed=3)
+    bodies = PairWindows(store, 3, split="all", crop=12, seed=3, body_fraction=0.9)
+    assert body(bodies) > body(anywhere)
+    again = PairWindows(store, 3, split="all", crop=12, seed=3, body_fraction=0.9)
+    np.testing.assert_array_equal(bodies[5][0], again[5][0])  # still reproducible
+
+
+def test_init_starts_from_a_checkpoint_and_select_psnr(store: str,
+                                                       tmp_path: pathlib.Path) -> None:
+    from ctvol.models import save_model
+    from ctvol.testing import tiny_model
+
+    start = tiny_model(3, seed=4)
+    save_model(start, tmp_path / "start")
+    model = ctvol.train(store, 3, epochs=1, out=tmp_path / "m", lr=0.0,
+                        init=tmp_path / "start", **_small())
+    assert model.provenance["init"]["digest"] == start.digest
+    got, want = model.net.state_dict(), start.net.state_dict()
+    for name, p in start.net.named_parameters():  # lr 0: the weights it started from
+        torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=0)
+    assert set(got) == set(want)
+    with pytest.raises(ValueError, match="init model .* is for factor 3, not 4"):
+        ctvol.train(store, 4, epochs=1, out=tmp_path / "n", init=tmp_path / "start",
+                    **_small())
+    ctvol.train(store, 3, epochs=3, out=tmp_path / "p", select="psnr", lr=3e-3, **_small())
+    rows = (tmp_path / "p" / "log.csv").read_text().splitlines()[1:]
+    psnr = [float(r.split(",")[3]) for r in rows]
+    best = ctvol.load_model(tmp_path / "p" / "best")
+    assert best.provenance["val_psnr_unet"] == pytest.approx(max(psnr))
+    assert best.provenance["select"] == "psnr"
+
+
+def test_cli_train_init_bundled(store: str, tmp_path: pathlib.Path) -> None:
+    from ctvol.cli import main
+
+    args = ["train", store, "--factor", "3", "--epochs", "1", "-o", str(tmp_path / "m"),
+            "--crop", "16", "--max-windows", "4", "--init", "unet-x3", "--lr", "0", "-q"]
+    assert main(args) == 0
+    tuned = ctvol.load_model(tmp_path / "m" / "best")
+    bundled = ctvol.load_model("unet-x3")
+    assert tuned.config["architecture"] == bundled.config["architecture"]
+    assert tuned.provenance["init"] == {"model": "unet-x3", "digest": bundled.digest}

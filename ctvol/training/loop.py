@@ -24,23 +24,27 @@ from ._engine import Kind, check_out, fit, start
 __all__ = ["train"]
 
 
-def _slices_used(ds: Any) -> dict[str, dict[str, Any]]:
-    """Per training series: first/last slice index and their z (mm) that windows read.
+def _slices_used(ds: Any) -> dict[str, Any]:
+    """Per series: the contiguous runs of slices that windows read, as slice
+    indices and z (mm): ``{"index": [lo, hi], "z_mm": [...]}``, or a list of
+    them when windows come from several blocks.
 
     z positions identify the slices in any store holding the same series (a
     subset has other indices), so ``ctvol.evaluate`` compares those.
     """
     import ctvol
 
-    used: dict[str, list[int]] = {}
+    read: dict[str, set[int]] = {}
     for w in ds.windows:
-        last = w.start + ds.factor * w.step
-        lo, hi = used.get(w.key, [w.start, last])
-        used[w.key] = [min(lo, w.start), max(hi, last)]
-    out: dict[str, dict[str, Any]] = {}
-    for key, (lo, hi) in used.items():
+        read.setdefault(w.key, set()).update(range(w.start, w.start + ds.factor * w.step + 1))
+    out: dict[str, Any] = {}
+    for key, idx in read.items():
         z = ctvol.open_series(ds.store, key, storage_options=ds.storage_options)["z"].values
-        out[key] = {"index": [lo, hi], "z_mm": [float(z[lo]), float(z[hi])]}
+        s = sorted(idx)
+        cuts = [i + 1 for i in range(len(s) - 1) if s[i + 1] != s[i] + 1]
+        runs = [(s[a], s[b - 1]) for a, b in zip([0, *cuts], [*cuts, len(s)], strict=True)]
+        spans = [{"index": [lo, hi], "z_mm": [float(z[lo]), float(z[hi])]} for lo, hi in runs]
+        out[key] = spans[0] if len(spans) == 1 else spans
     return out
 
 
