@@ -316,3 +316,54 @@ class LinearPeakMem:
 
         with dask.config.set(scheduler="threads", num_workers=2):
             self._out().values  # noqa: B018
+
+
+class AutoSelfCheckCost:
+    """What ``method="auto"`` adds: its self-check against the U-net reslice itself.
+
+    The self-check runs both methods on pairs (i, i+k) of the series' own
+    slices, about (N-1)/k U-net pairs, so its cost should be ~1/k of the
+    reslice's (N-1) pairs (docs/reslice.md).
+    """
+
+    setup_cache = staticmethod(_write_data)
+    timeout = 600
+
+    def setup(self, data):
+        import torch
+
+        from ctvol.models import ResliceModel
+        from ctvol.models.unet import UNet
+
+        torch.set_num_threads(TORCH_THREADS)
+        torch.manual_seed(0)
+        self.model = ResliceModel(UNet(FACTOR, depth=4, base=UNET_BASE, output="residual"))
+        self.ds = _dataset(np.load(data[512])[: 3 * UNET_SLICES + 1])
+
+    def unet(self):
+        import dask
+
+        import ctvol
+
+        with dask.config.set(scheduler="threads", num_workers=1):
+            return ctvol.reslice(self.ds, FACTOR, method="unet", model=self.model,
+                                 batch_size=UNET_BATCH, device="cpu").hu.values
+
+    def check(self):
+        import dask
+
+        import ctvol
+
+        with dask.config.set(scheduler="threads", num_workers=1):
+            return ctvol.self_check(self.ds, FACTOR, model=self.model, batch_size=UNET_BATCH,
+                              device="cpu")
+
+    def track_ratio_selfcheck_vs_unet_reslice(self, data):
+        """Self-check time over U-net reslice time, timed alternately (expect ~1/k)."""
+        unet, check = [], []
+        for _ in range(REPEATS):
+            unet.append(_elapsed(self.unet))
+            check.append(_elapsed(self.check))
+        return min(check) / min(unet)
+
+    track_ratio_selfcheck_vs_unet_reslice.unit = "ratio"

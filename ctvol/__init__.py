@@ -38,6 +38,7 @@ __all__ = [
     "partition_of",
     "reslice",
     "run",
+    "self_check",
     "shift_interleave",
     "train",
     "train_classifier",
@@ -53,6 +54,7 @@ _LAZY = {
     "ingest": "ctvol._ingest",
     "evaluate": "ctvol._evaluate",
     "reslice": "ctvol._reslice",
+    "self_check": "ctvol._reslice",
     "shift_interleave": "ctvol._shift_interleave",
     "load_model": "ctvol.models",
     "upsample_inplane": "ctvol._inplane",
@@ -84,7 +86,7 @@ if TYPE_CHECKING:
     from ._evaluate import evaluate
     from ._ingest import IngestReport, ingest
     from ._inplane import downsample_inplane, upsample_inplane
-    from ._reslice import reslice
+    from ._reslice import reslice, self_check
     from ._run import run
     from ._shift_interleave import shift_interleave
     from .curation import (

@@ -14,7 +14,7 @@ from .errors import GeometryError
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["plan_factor", "reslice"]
+__all__ = ["auto_text", "plan_factor", "reslice", "self_check"]
 
 METHODS = ("auto", "unet", "linear")
 #: Factors of the paper's re-slice systems (1/3, 1/4, 1/5).
@@ -386,7 +386,7 @@ def reslice(
             + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
             + ")")
     if auto is not None:
-        desc += f" [{_auto_text(auto)}]"
+        desc += f" [{auto_text(auto)}]"
     attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])), desc]
     attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
                         "source_spacing_mm": dz,
@@ -403,7 +403,7 @@ def reslice(
     return result.isel(z=slice(None, None, m)) if m > 1 else result
 
 
-def _auto_text(auto: dict[str, Any]) -> str:
+def auto_text(auto: dict[str, Any]) -> str:
     """One line for the history and the CLI: the decision and both scores."""
     if auto.get("psnr_unet") is None:
         return auto["reason"]

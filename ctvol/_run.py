@@ -294,10 +294,10 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
         made += sizes[key][1]
         how = ""
         if key in decisions:
-            from ._reslice import _auto_text
+            from ._reslice import auto_text
 
             rec = decisions[key][1]
-            how = f"auto -> {rec['method']}: {_auto_text(rec['auto'])}"
+            how = f"auto -> {rec['method']}: {auto_text(rec['auto'])}"
         summary.series.append({"stage": "reslice", "series": key, "status": "done",
                                "reason": how})
     summary.stages[-1].update(slices=slices, output_slices=made)

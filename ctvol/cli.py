@@ -136,12 +136,12 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
 
 def _method_text(out: Any) -> str:
     """``linear`` / ``unet``, or the auto decision with both self-check scores."""
-    from ctvol._reslice import _auto_text
+    from ctvol._reslice import auto_text
 
     info = out.attrs.get("reslice", {})
     if "auto" not in info:
         return str(info.get("method"))
-    return f"auto -> {info['method']}: {_auto_text(info['auto'])}"
+    return f"auto -> {info['method']}: {auto_text(info['auto'])}"
 
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
