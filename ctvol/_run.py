@@ -121,6 +121,13 @@ class RunSummary:
         df = pd.DataFrame(self.stages)
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             out = df.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}")
+        auto = [r for r in self.series
+                if r["stage"] == "reslice" and r["reason"].startswith("auto -> ")]
+        if auto:
+            n_unet = sum(r["reason"].startswith("auto -> unet") for r in auto)
+            out += (f"\n\nreslice method auto: U-net for {n_unet} series, linear for "
+                    f"{len(auto) - n_unet} (self-check on each series' own slices):\n"
+                    + "\n".join(f"  {r['series']}: {r['reason']}" for r in auto))
         if self.failed:
             out += "\n\nfailed:\n" + "\n".join(
                 f"  {r['stage']} {r['series']}: {r['reason']}" for r in self.failed)

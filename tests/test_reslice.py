@@ -437,3 +437,20 @@ def test_auto_computes_only_the_self_check_then_is_lazy() -> None:
     assert out.hu.chunks is not None  # the output itself is still a graph
     with raise_if_dask_computes():
         ctvol.reslice(ds, 3, method="unet", model=_offset_model(3, 100.0))
+
+
+def test_auto_decision_in_the_output_store_catalog(tmp_path: pathlib.Path) -> None:
+    ds = _bright_between()
+    store = str(tmp_path / "fine.zarr")
+    ctvol.write(ctvol.reslice(ds, 3, model=_offset_model(3, 100.0)), store, "good")
+    ctvol.write(ctvol.reslice(ds, 3, model=_offset_model(3, -150.0)), store, "bad")
+    ctvol.write(ctvol.reslice(ds, 3, method="linear"), store, "forced")
+    cat = ctvol.catalog(store).set_index("key")
+    assert cat.loc["good", "method"] == "unet" and cat.loc["bad", "method"] == "linear"
+    assert cat.loc["good", "selfcheck_psnr_unet"] > cat.loc["good", "selfcheck_psnr_linear"]
+    assert cat.loc["bad", "selfcheck_psnr_unet"] < cat.loc["bad", "selfcheck_psnr_linear"]
+    assert not cat.loc["forced", "auto"] and cat.loc["good", "auto"]
+    assert (cat["slices"] == 37).all() and (cat["factor"] == 3).all()
+    reopened = ctvol.open_series(store, "bad")
+    assert reopened.attrs["reslice"]["auto"]["method"] == "linear"
+    assert "method='auto' -> 'linear'" in reopened.attrs["ctvol_history"][-1]

@@ -338,3 +338,28 @@ def test_write_many_runs_series_concurrently_on_a_client(tmp_path: pathlib.Path)
     ordered = sorted(spans.values())
     assert any(b[0] < a[1] for a, b in zip(ordered, ordered[1:], strict=False)), spans
     assert ctvol.list_series(tmp_path / "out.zarr") == sorted(series)
+
+
+def test_reslice_stage_auto_records_its_decision(cohort_dir: pathlib.Path,
+                                                 tmp_path: pathlib.Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``method: auto``: one self-check per series (not again when its write starts),
+    and the decision in the summary and the output."""
+    from ctvol import _reslice
+
+    checks: list[int] = []
+    real = _reslice.self_check
+    monkeypatch.setattr(_reslice, "self_check",
+                        lambda ds, k, **kw: checks.append(k) or real(ds, k, **kw))
+    summary = ctvol.run(_config(tmp_path, cohort_dir, fmt="toml", method="auto"),
+                        progress=False)
+    rows = [s for s in summary.series if s["stage"] == "reslice"]
+    assert len(rows) == 6 and len(checks) == 6
+    assert all(r["reason"].startswith("auto -> ") and "PSNR unet" in r["reason"]
+               for r in rows)
+    key = ctvol.list_series(tmp_path / "fine.zarr")[0]
+    rec = ctvol.open_series(tmp_path / "fine.zarr", key).attrs["reslice"]
+    assert rec["auto"]["method"] == rec["method"] and rec["auto"]["slices"] > 0
+    table = summary.table()
+    assert "reslice method auto: U-net for " in table
+    assert f"  {key}: auto -> {rec['method']}: self-check on" in table

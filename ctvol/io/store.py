@@ -447,6 +447,31 @@ def _frame_to_dataset(df: pd.DataFrame, dim: str) -> xr.Dataset:
     return xr.Dataset(data)
 
 
+def _derived_catalog(root: Any) -> pd.DataFrame:
+    """One row per complete series of a store written by ``ctvol.write`` (a reslice
+    output, no ingest catalog): shape, spacing and how it was made, with the
+    ``method="auto"`` decision and its self-check scores."""
+    import pandas as pd
+
+    rows = []
+    for key, attrs in sorted(_series_attrs(root).items()):
+        hu = root[f"series/{key}/hu"]
+        rs = attrs.get("reslice") or {}
+        auto = rs.get("auto") or {}
+        spacing = list(attrs.get("spacing", [None] * 3))
+        rows.append({"key": key, "status": "ok", "slices": int(hu.shape[0]),
+                     "rows": int(hu.shape[1]), "cols": int(hu.shape[2]),
+                     "dz_mm": spacing[0], "factor": rs.get("factor"),
+                     "method": rs.get("method"), "auto": "auto" in rs,
+                     "auto_reason": auto.get("reason"),
+                     "selfcheck_psnr_unet": auto.get("psnr_unet"),
+                     "selfcheck_psnr_linear": auto.get("psnr_linear"),
+                     "selfcheck_ssim_unet": auto.get("ssim_unet"),
+                     "selfcheck_ssim_linear": auto.get("ssim_linear"),
+                     "model_digest": rs.get("model_digest")})
+    return pd.DataFrame(rows)
+
+
 def catalog(
     store: str | os.PathLike[str],
     *,
@@ -459,7 +484,11 @@ def catalog(
     ----------
     level : {"series", "files"}
         ``"series"``: one row per series written or group excluded (key,
-        status, reason, shape, spacing in mm, tilt, warnings). ``"files"``:
+        status, reason, shape, spacing in mm, tilt, warnings). A store
+        written by :func:`write` (a reslice output) has no ingest catalog:
+        its rows are derived from the series (key, shape, dz, factor,
+        method, and for ``method="auto"`` the decision and self-check
+        scores). ``"files"``:
         one row per input file with its fate (status, reason, detail, key).
     """
     import xarray as xr
@@ -470,6 +499,8 @@ def catalog(
     if "catalog" not in root or level not in root["catalog"]:
         import pandas as pd
 
+        if level == "series" and "series" in root:
+            return _derived_catalog(root)
         return pd.DataFrame()
     ds = xr.open_zarr(_url(store), group=f"catalog/{level}", consolidated=False, zarr_format=3,
                       chunks=None, storage_options=dict(storage_options or {}) or None)
