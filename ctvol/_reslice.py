@@ -286,9 +286,36 @@ def reslice(
     for c in ("y", "x"):
         if c in ds.coords:
             coords[c] = ds[c]
+    coords.update(_slice_provenance(ds, generated, acquired, k))
     result = xr.Dataset({"hu": (("z", "y", "x"), out, ds["hu"].attrs)}, coords=coords,
                         attrs=attrs)
     return result.isel(z=slice(None, None, m)) if m > 1 else result
+
+
+def _slice_provenance(ds: xr.Dataset, generated: np.ndarray, acquired: np.ndarray,
+                      k: int) -> dict[str, Any]:
+    """``sop_uid`` and ``position`` of the output slices, when the input has them.
+
+    An acquired slice keeps its SOPInstanceUID and ImagePositionPatient; a
+    generated slice has no SOPInstanceUID ("") and lies on the line between
+    its neighbours' positions, so the shear of a tilted series carries over
+    (exports write these positions; docs/export.md).
+    """
+    out: dict[str, Any] = {}
+    n = ds.sizes["z"]
+    if "sop_uid" in ds.coords and ds["sop_uid"].dims == ("z",):
+        sop = np.full(generated.size, "", dtype=object)
+        sop[~generated] = np.asarray(ds["sop_uid"].values, dtype=object)
+        out["sop_uid"] = ("z", sop)
+    if "position" in ds.coords and ds["position"].shape == (n, 3):
+        pos = np.asarray(ds["position"].values, dtype=np.float64)
+        i = np.arange(generated.size)
+        lo = np.minimum(i // k, n - 2)
+        frac = (i - lo * k)[:, None] / k
+        out["position"] = (ds["position"].dims,
+                           pos[lo] + frac * (pos[lo + 1] - pos[lo]), ds["position"].attrs)
+        out["position"][1][acquired >= 0] = pos[acquired[acquired >= 0]]
+    return out
 
 
 def _cluster_has_gpu() -> bool:
