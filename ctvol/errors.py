@@ -22,6 +22,7 @@ __all__ = [
     "IngestWarning",
     "LabelError",
     "NoInputError",
+    "OutputExistsError",
     "PredictError",
     "SeriesNotFoundError",
     "StoreError",
@@ -58,6 +59,10 @@ class SeriesNotFoundError(CtvolError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class OutputExistsError(CtvolError, FileExistsError):
+    """An export would overwrite files that ctvol did not write (names the path)."""
 
 
 class ConfigError(CtvolError, ValueError):
