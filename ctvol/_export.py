@@ -40,11 +40,11 @@ _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ER
 def _check_output(output: pathlib.Path, store: str) -> None:
     if output.exists() and not output.is_dir():
         raise StoreError(f"-o {output} is a file; choose a folder for the exported series")
+    if "://" not in store and output.resolve() == pathlib.Path(store).resolve():
+        raise StoreError(f"-o {output} is the input store; choose another folder")
     if (output / "zarr.json").exists():
         raise StoreError(f"-o {output} is a Zarr store; export writes NIfTI or DICOM files: "
                          "choose another folder")
-    if "://" not in store and output.resolve() == pathlib.Path(store).resolve():
-        raise StoreError(f"-o {output} is the input store; choose another folder")
 
 
 def _sidecar(output: pathlib.Path, key: str) -> pathlib.Path:
@@ -57,6 +57,28 @@ def _recorded(sidecar: pathlib.Path) -> dict[str, Any] | None:
         return dict(info["ctvol"]["export"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _written_by_ctvol(target: pathlib.Path) -> bool:
+    """An output of an export interrupted before its sidecar: ctvol's mark inside it
+    (the NIfTI ``descrip``, the DICOM SoftwareVersions), so it is redone, not refused."""
+    try:
+        if target.is_dir():
+            import pydicom
+
+            first = min(target.glob("*.dcm"), default=None)
+            if first is None:
+                return not any(target.iterdir())
+            f = pydicom.dcmread(first, stop_before_pixels=True)
+            return str(f.get("SoftwareVersions", "")).startswith("ctvol")
+        import gzip
+
+        opener: Any = gzip.open if target.suffix == ".gz" else open
+        with opener(target, "rb") as f:
+            head = f.read(348)
+        return head[148:154] == b"ctvol "  # descrip, 80 bytes at offset 148
+    except (OSError, ValueError):
+        return False
 
 
 def export(
@@ -179,10 +201,11 @@ def _export_one(ds: Any, key: str, out: pathlib.Path, target: pathlib.Path, form
     if recorded is not None and recorded.get("fingerprint") == fingerprint \
             and target.exists():
         return "unchanged"
-    if target.exists() and recorded is None:
+    if target.exists() and recorded is None and not _written_by_ctvol(target):
         raise OutputExistsError(
-            f"series {key}: {target} exists but was not written by ctvol export (no "
-            f"{sidecar.name} sidecar); move it away or export to another folder"
+            f"series {key}: {target} exists but was not written by ctvol (no "
+            f"{sidecar.name} sidecar, no ctvol mark in it); move it away or export to "
+            "another folder"
         )
     if sidecar.exists():  # a re-export: the old one stops counting as complete first
         sidecar.unlink()
