@@ -184,7 +184,7 @@ def to_dicom(
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
     from .. import __version__
     from ..errors import HounsfieldRangeError
@@ -248,8 +248,8 @@ def to_dicom(
     d.RescaleIntercept, d.RescaleSlope, d.RescaleType = str(RESCALE_INTERCEPT), "1", "HU"
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+    meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     d.file_meta = meta
 

@@ -100,6 +100,25 @@ def test_reslice_output_positions_and_tilt(tmp_path: pathlib.Path) -> None:
     assert '"generated_slices"' in side and '"method": "linear"' in side
 
 
+def test_inplane_upsampled_output_voxels_sit_at_their_coordinates(
+        tmp_path: pathlib.Path) -> None:
+    """An upsample output (new pixel centres, shifted positions): NIfTI voxel (i, j, k)
+    lies at x[i] along the row cosine, y[j] along the column cosine, z[k] along the
+    normal, and DICOM PixelSpacing is the new spacing."""
+    ds, _ = _ingested(tmp_path, orientation=(0.8, 0.6, 0, -0.6, 0.8, 0))
+    up = ctvol.upsample_inplane(ds, 2, method="bilinear")
+    img = nib.load(ctvol.to_nifti(up, tmp_path / "u.nii.gz"))
+    assert img.shape == (64, 48, 6)
+    o = np.array(up.attrs["orientation"])
+    for i, j, k in ((0, 0, 0), (63, 5, 2), (7, 47, 5)):
+        lps = LPS_TO_RAS @ (img.affine @ [i, j, k, 1])[:3]
+        assert lps @ o[:3] == pytest.approx(up.x.values[i], abs=1e-4)
+        assert lps @ o[3:] == pytest.approx(up.y.values[j], abs=1e-4)
+        assert lps @ np.cross(o[:3], o[3:]) == pytest.approx(up.z.values[k], abs=1e-4)
+    f = pydicom.dcmread(sorted(ctvol.to_dicom(up, tmp_path / "d").iterdir())[0])
+    assert [float(v) for v in f.PixelSpacing] == pytest.approx([0.3, 0.35])
+
+
 def test_dicom_round_trip_through_ingest(tmp_path: pathlib.Path) -> None:
     """Export a reslice output; pydicom reads every file; ctvol ingest reads the series
     back with the same HU, positions and spacing, as one new series."""
