@@ -294,27 +294,32 @@ def reslice(
 
 def _slice_provenance(ds: xr.Dataset, generated: np.ndarray, acquired: np.ndarray,
                       k: int) -> dict[str, Any]:
-    """``sop_uid`` and ``position`` of the output slices, when the input has them.
+    """``sop_uid`` and ``position`` of the output slices, when the input has them (lazily).
 
     An acquired slice keeps its SOPInstanceUID and ImagePositionPatient; a
     generated slice has no SOPInstanceUID ("") and lies on the line between
     its neighbours' positions, so the shear of a tilted series carries over
-    (exports write these positions; docs/export.md).
+    (exports write these positions; docs/export.md). Dask-backed coordinates
+    (a store opened with open_series) stay dask-backed: nothing is computed.
     """
+    import xarray as xr
+
     out: dict[str, Any] = {}
     n = ds.sizes["z"]
+    is_gen = xr.Variable("z", generated)
+    source = np.maximum(acquired, 0)
     if "sop_uid" in ds.coords and ds["sop_uid"].dims == ("z",):
-        sop = np.full(generated.size, "", dtype=object)
-        sop[~generated] = np.asarray(ds["sop_uid"].values, dtype=object)
-        out["sop_uid"] = ("z", sop)
-    if "position" in ds.coords and ds["position"].shape == (n, 3):
-        pos = np.asarray(ds["position"].values, dtype=np.float64)
+        out["sop_uid"] = xr.where(is_gen, "", ds["sop_uid"].variable[source])
+    if "position" in ds.coords and ds["position"].dims[:1] == ("z",) \
+            and ds["position"].shape == (n, 3):
+        pos = ds["position"].variable
         i = np.arange(generated.size)
         lo = np.minimum(i // k, n - 2)
-        frac = (i - lo * k)[:, None] / k
-        out["position"] = (ds["position"].dims,
-                           pos[lo] + frac * (pos[lo + 1] - pos[lo]), ds["position"].attrs)
-        out["position"][1][acquired >= 0] = pos[acquired[acquired >= 0]]
+        frac = xr.Variable("z", (i - lo * k) / k)
+        between = pos[lo] + (pos[lo + 1] - pos[lo]) * frac
+        position = xr.where(is_gen, between, pos[source]).transpose(*pos.dims)
+        position.attrs = dict(pos.attrs)
+        out["position"] = position
     return out
 
 
