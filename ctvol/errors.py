@@ -17,6 +17,7 @@ __all__ = [
     "DicomReadError",
     "GeometryError",
     "EvaluationWarning",
+    "ExportError",
     "GeometryWarning",
     "HounsfieldRangeError",
     "IngestWarning",
@@ -59,6 +60,10 @@ class SeriesNotFoundError(CtvolError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ExportError(CtvolError, ValueError):
+    """A volume the asked export format cannot hold (e.g. a non-CT series as CT images)."""
 
 
 class OutputExistsError(CtvolError, FileExistsError):

@@ -162,6 +162,8 @@ def to_dicom(
         HU above 31743 (stored values are signed 16 bit, HU + 1024).
     OutputExistsError
         ``folder`` is not empty and ``overwrite`` is False.
+    ExportError
+        A series whose modality is not CT.
 
     See Also
     --------
@@ -190,6 +192,14 @@ def to_dicom(
     from ..errors import HounsfieldRangeError
 
     _grid.check_volume(ds)
+    modality = ds.attrs.get("modality") or "CT"
+    if modality != "CT":
+        from ..errors import ExportError
+
+        raise ExportError(
+            f"series {_grid.series_name(ds)} has modality {modality!r}; DICOM export writes "
+            "CT Image Storage only: export it with to_nifti (ctvol export --format nifti)"
+        )
     folder = pathlib.Path(folder)
     _check_folder(folder, overwrite)
     o = _grid.orientation(ds)
@@ -214,7 +224,7 @@ def to_dicom(
             if name in src:
                 setattr(d, name, src[name].value)
     d.SOPClassUID = CT_IMAGE_STORAGE
-    d.Modality = a.get("modality") or "CT"
+    d.Modality = "CT"
     d.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     d.SeriesInstanceUID = generate_uid(entropy_srcs=[digest, "series"])
     number = a.get("series_number")
@@ -277,7 +287,7 @@ def to_dicom(
                     d.SliceLocation = _ds(ds["z"].values[i])
                 d.DerivationDescription = desc[i]
                 d.ImageComments = comments[i]
-                if sources[i] and d.Modality == "CT":
+                if sources[i]:
                     refs = []
                     for s in sources[i]:
                         item = pydicom.Dataset()

@@ -14,7 +14,13 @@ import pytest
 import xarray as xr
 
 import ctvol
-from ctvol.errors import GeometryError, GeometryWarning, HounsfieldRangeError, OutputExistsError
+from ctvol.errors import (
+    ExportError,
+    GeometryError,
+    GeometryWarning,
+    HounsfieldRangeError,
+    OutputExistsError,
+)
 from ctvol.testing import head_phantom, write_dicom_series
 
 nib = pytest.importorskip("nibabel")
@@ -206,6 +212,10 @@ def test_dicom_refuses_hu_beyond_the_stored_range_and_foreign_folders(
     with pytest.raises(OutputExistsError, match="exists and is not empty"):
         ctvol.to_dicom(_volume([0.0, 1.0]), tmp_path / "d")
     assert isinstance(OutputExistsError("x"), FileExistsError)
+    pet = _volume([0.0, 1.0]).assign_attrs(modality="PT")
+    with pytest.raises(ExportError, match=r"series 1\.2\.3 has modality 'PT'.*to_nifti"):
+        ctvol.to_dicom(pet, tmp_path / "pet")
+    assert isinstance(ExportError("x"), ValueError)
 
 
 def test_nifti_without_nibabel_names_the_install(tmp_path: pathlib.Path,
