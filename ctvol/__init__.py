@@ -26,6 +26,7 @@ __all__ = [
     "curate_store",
     "downsample_inplane",
     "evaluate",
+    "export",
     "ingest",
     "list_series",
     "open_cohort",
@@ -40,11 +41,14 @@ __all__ = [
     "run",
     "self_check",
     "shift_interleave",
+    "to_dicom",
+    "to_nifti",
     "train",
     "train_classifier",
     "train_inplane",
     "train_localizer",
     "upsample_inplane",
+    "VolumeDataset",
     "write",
     "write_many",
 ]
@@ -53,6 +57,10 @@ _LAZY = {
     "IngestReport": "ctvol._ingest",
     "ingest": "ctvol._ingest",
     "evaluate": "ctvol._evaluate",
+    "export": "ctvol._export",
+    "to_nifti": "ctvol.io.nifti",
+    "to_dicom": "ctvol.io.dicom_write",
+    "VolumeDataset": "ctvol.training.dataset",
     "reslice": "ctvol._reslice",
     "self_check": "ctvol._reslice",
     "shift_interleave": "ctvol._shift_interleave",
@@ -84,6 +92,7 @@ _SUBMODULES = ("morphometry",)
 if TYPE_CHECKING:
     from . import morphometry
     from ._evaluate import evaluate
+    from ._export import export
     from ._ingest import IngestReport, ingest
     from ._inplane import downsample_inplane, upsample_inplane
     from ._reslice import reslice, self_check
@@ -99,8 +108,11 @@ if TYPE_CHECKING:
         train_classifier,
         train_localizer,
     )
+    from .io.dicom_write import to_dicom
+    from .io.nifti import to_nifti
     from .io.store import catalog, list_series, open_cohort, open_series, write, write_many
     from .models import load_inplane_model, load_model
+    from .training.dataset import VolumeDataset
     from .training.inplane import train_inplane
     from .training.loop import train
 

@@ -398,6 +398,7 @@ def reslice(
     for c in ("y", "x"):
         if c in ds.coords:
             coords[c] = ds[c]
+    coords.update(_slice_provenance(ds, generated, acquired, k))
     result = xr.Dataset({"hu": (("z", "y", "x"), out, ds["hu"].attrs)}, coords=coords,
                         attrs=attrs)
     return result.isel(z=slice(None, None, m)) if m > 1 else result
@@ -410,6 +411,37 @@ def auto_text(auto: dict[str, Any]) -> str:
     return (f"{auto['reason']}: PSNR unet {auto['psnr_unet']:.2f} / linear "
             f"{auto['psnr_linear']:.2f} dB, SSIM unet {auto['ssim_unet']:.4f} / linear "
             f"{auto['ssim_linear']:.4f}")
+
+
+def _slice_provenance(ds: xr.Dataset, generated: np.ndarray, acquired: np.ndarray,
+                      k: int) -> dict[str, Any]:
+    """``sop_uid`` and ``position`` of the output slices, when the input has them (lazily).
+
+    An acquired slice keeps its SOPInstanceUID and ImagePositionPatient; a
+    generated slice has no SOPInstanceUID ("") and lies on the line between
+    its neighbours' positions, so the shear of a tilted series carries over
+    (exports write these positions; docs/export.md). Dask-backed coordinates
+    (a store opened with open_series) stay dask-backed: nothing is computed.
+    """
+    import xarray as xr
+
+    out: dict[str, Any] = {}
+    n = ds.sizes["z"]
+    is_gen = xr.Variable("z", generated)
+    source = np.maximum(acquired, 0)
+    if "sop_uid" in ds.coords and ds["sop_uid"].dims == ("z",):
+        out["sop_uid"] = xr.where(is_gen, "", ds["sop_uid"].variable[source])
+    if "position" in ds.coords and ds["position"].dims[:1] == ("z",) \
+            and ds["position"].shape == (n, 3):
+        pos = ds["position"].variable
+        i = np.arange(generated.size)
+        lo = np.minimum(i // k, n - 2)
+        frac = xr.Variable("z", (i - lo * k) / k)
+        between = pos[lo] + (pos[lo + 1] - pos[lo]) * frac
+        position = xr.where(is_gen, between, pos[source]).transpose(*pos.dims)
+        position.attrs = dict(pos.attrs)
+        out["position"] = position
+    return out
 
 
 def _cluster_has_gpu() -> bool:

@@ -72,7 +72,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     series = ctvol.catalog(args.store)
     files = ctvol.catalog(args.store, level="files")
-    if series.empty:  # a store written by ctvol.write/reslice: no ingest catalog
+    if files.empty:  # a store written by ctvol.write/reslice: no ingest catalog
         keys = ctvol.list_series(args.store)
         print(f"{args.store}: {len(keys)} series (no ingest catalog)")
         for key in keys:
@@ -157,6 +157,25 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
                 f"{sp[1]:.4g} x {sp[2]:.4g} mm ({args.method})")
 
     return _each_series(args, "upsample", "upsampled in-plane", make, describe)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import ctvol
+
+    with _scheduler(args.scheduler, args.workers):
+        table = ctvol.export(args.store, args.output, args.format, series=args.series,
+                             progress=not args.quiet)
+    failed = table[table["status"] == "failed"]
+    for row in failed.itertuples():
+        print(f"skipped {row.key}: {row.error}", file=sys.stderr)
+    if table.empty:
+        print(f"ctvol export: no complete series in {args.store}", file=sys.stderr)
+        return 1
+    counts = table["status"].value_counts().to_dict()
+    print(f"{counts.get('exported', 0)} series exported as {args.format} into {args.output}"
+          f", {counts.get('unchanged', 0)} unchanged (skipped)"
+          + (f"; {len(failed)} failed" if len(failed) else ""))
+    return EXIT_PARTIAL if len(failed) else 0
 
 
 def _check_output(output: str, store: str) -> None:
@@ -396,6 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_scheduler(p)
     p.set_defaults(func=_cmd_upsample)
+
+    p = sub.add_parser("export", help="store -> NIfTI files or derived DICOM series (resumable)")
+    p.add_argument("store", help="cohort store, or a reslice/upsample output store")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder: <key>.nii.gz or <key>/ per series, <key>.json sidecars")
+    p.add_argument("--format", choices=["nifti", "dicom"], required=True)
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per series")
+    p.add_argument("--scheduler", default="threads", metavar="ADDRESS",
+                   help="reads the store: 'threads' (default: files are written by this "
+                        "process), 'local' or tcp://host:8786")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for --scheduler local")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("shift-interleave",
                        help="a model's output refined by shifting its input: series -> Zarr")

@@ -17,11 +17,13 @@ __all__ = [
     "DicomReadError",
     "GeometryError",
     "EvaluationWarning",
+    "ExportError",
     "GeometryWarning",
     "HounsfieldRangeError",
     "IngestWarning",
     "LabelError",
     "NoInputError",
+    "OutputExistsError",
     "PredictError",
     "SeriesNotFoundError",
     "StoreError",
@@ -58,6 +60,14 @@ class SeriesNotFoundError(CtvolError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ExportError(CtvolError, ValueError):
+    """A volume the asked export format cannot hold (e.g. a non-CT series as CT images)."""
+
+
+class OutputExistsError(CtvolError, FileExistsError):
+    """An export would overwrite files that ctvol did not write (names the path)."""
 
 
 class ConfigError(CtvolError, ValueError):
