@@ -227,6 +227,26 @@ def _short_developer_logs() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start processes that ignore SIGINT: Ctrl-C in a terminal goes to the whole
+    process group, and the driver, not each worker, handles it (closing the
+    cluster); otherwise every worker prints its own KeyboardInterrupt traceback.
+    A child inherits the ignored disposition, and Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def scheduler_context(spec: str, workers: int | None = None, *,
                       announce: bool = False) -> Iterator[Any]:
     """Run the block on a scheduler: ``"threads"``, ``"local"`` (a LocalCluster,
@@ -247,16 +267,18 @@ def scheduler_context(spec: str, workers: int | None = None, *,
 
     if spec == "local":
         n = workers or os.cpu_count() or 1
-        with (
-            _short_developer_logs(),  # read when the scheduler, workers and client start
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
-            if announce:
-                print(f"ctvol: LocalCluster with {n} workers, dashboard "
-                      f"{client.dashboard_link}", flush=True)
-            yield client
+        with _short_developer_logs():  # read when the scheduler, workers and client start
+            with _workers_ignore_sigint():
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+            with cluster, Client(cluster) as client:
+                from ._worker_logging import QuietCancel
+
+                client.register_plugin(QuietCancel(), name="ctvol-quiet-cancel")
+                if announce:
+                    print(f"ctvol: LocalCluster with {n} workers, dashboard "
+                          f"{client.dashboard_link}", flush=True)
+                yield client
     else:
         with _short_developer_logs(), Client(spec) as client:
             yield client

@@ -183,11 +183,12 @@ def ingest(
     so = dict(storage_options or {}) or None
     st.hu_codec(compressor)  # validate before touching anything
     url = st._url(store)
-    root = st.open_store(url, create=True, storage_options=so)  # fail fast on a bad path
+    st.check_store_path(url, create=True)  # fail fast on a bad path, creating nothing
 
     paths = find_files(inputs)
-    if not paths:
+    if not paths:  # before the store is created: a failed ingest leaves no empty store
         raise NoInputError(f"no files found under {inputs!r}: nothing to ingest")
+    root = st.open_store(url, create=True, storage_options=so)
 
     lo, hi = HEADER_BATCH
     size = min(hi, max(lo, -(-len(paths) // 16)))

@@ -22,6 +22,7 @@ __all__ = [
     "IngestWarning",
     "LabelError",
     "NoInputError",
+    "OptionError",
     "PredictError",
     "SeriesNotFoundError",
     "StoreError",
@@ -62,6 +63,11 @@ class SeriesNotFoundError(CtvolError, KeyError):
 
 class ConfigError(CtvolError, ValueError):
     """A pipeline config that cannot run (unknown keys or stages, missing values)."""
+
+
+class OptionError(CtvolError, ValueError):
+    """An option the verb does not take, or a value out of its range (named as given:
+    a keyword, a ``--flag``); the command line reports it as a usage error."""
 
 
 class CtvolWarning(UserWarning):

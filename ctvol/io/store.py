@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..errors import SeriesNotFoundError, StoreError
+from ..errors import SeriesNotFoundError, StoreError, StoreWriteError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,6 +90,57 @@ def _open_root(
     )
 
 
+def check_store_path(store: str | os.PathLike[str], *, create: bool = False) -> None:
+    """Refuse a local path that is not (and cannot become) a cohort store, without
+    creating anything: a file, a folder holding something else, or (``create``)
+    a new store under a path that is not a writable folder.
+
+    Raises
+    ------
+    StoreError
+        The path exists and is not a Zarr store.
+    StoreWriteError
+        ``create`` and the store could not be created there (names why).
+    """
+    url = _url(store)
+    if "://" in url:
+        return
+    fix = "; choose a new output path" if create else ""
+    if os.path.exists(url):
+        if not os.path.isdir(url):
+            raise StoreError(f"{url} is a file, not a cohort store{fix}")
+        entries = [e for e in os.listdir(url) if not e.startswith(".")]
+        if entries and "zarr.json" not in entries:
+            raise StoreError(
+                f"{url} exists and is not a Zarr store (it holds {', '.join(sorted(entries)[:3])}"
+                f"{', ...' if len(entries) > 3 else ''}){fix}"
+            )
+        return
+    if not create:
+        return
+    parent = os.path.dirname(url)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise StoreWriteError(f"cannot create the cohort store {url}: {parent} is not a "
+                              "folder; choose an output path in a writable folder")
+    if parent and not os.access(parent, os.W_OK):
+        raise StoreWriteError(f"cannot create the cohort store {url}: {parent} is not "
+                              "writable; choose an output path in a writable folder")
+
+
+def list_incomplete(
+    store: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Keys of series whose write started and never finished (not flagged
+    ``complete``: an interrupted run), sorted. Readers do not see them."""
+    root = open_store(store, storage_options=storage_options)
+    if "series" not in root:
+        return []
+    return sorted(name for name, group in root["series"].groups()
+                  if group.attrs.get("complete") is not True)
+
+
 def open_store(
     store: str | os.PathLike[str],
     *,
@@ -110,15 +161,14 @@ def open_store(
     from zarr.errors import GroupNotFoundError
 
     url = _url(store)
-    if "://" not in url and os.path.exists(url):
-        if not os.path.isdir(url):
-            raise StoreError(f"{url} is a file, not a cohort store; choose another output path")
-        entries = [e for e in os.listdir(url) if not e.startswith(".")]
-        if entries and "zarr.json" not in entries:
-            raise StoreError(
-                f"{url} exists and is not a Zarr store (it holds {', '.join(sorted(entries)[:3])}"
-                f"{', ...' if len(entries) > 3 else ''}); choose a new output path or remove it"
-            )
+    check_store_path(url, create=create)
+    if create and "://" not in url:
+        try:  # a path that cannot be a folder fails here, with its reason, not in zarr
+            os.makedirs(url, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"cannot create the cohort store {url}: {exc.strerror or exc}; choose an "
+                "output path in a writable folder") from exc
     try:
         root = _open_root(url, "r+" if not create else "a", storage_options)
     except (GroupNotFoundError, FileNotFoundError) as exc:
@@ -131,8 +181,8 @@ def open_store(
             root.attrs["ctvol"] = {"format_version": FORMAT_VERSION}
             return root
         raise StoreError(
-            f"{url} is a Zarr group but not a ctvol cohort store (no 'ctvol' attribute); "
-            "choose a new output path"
+            f"{url} is a Zarr group but not a ctvol cohort store (no 'ctvol' attribute)"
+            + ("; choose a new output path" if create else "")
         )
     if int(info.get("format_version", 0)) > FORMAT_VERSION:
         raise StoreError(
