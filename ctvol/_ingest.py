@@ -189,6 +189,7 @@ def ingest(
     if not paths:  # before the store is created: a failed ingest leaves no empty store
         raise NoInputError(f"no files found under {inputs!r}: nothing to ingest")
     root = st.open_store(url, create=True, storage_options=so)
+    st.mark_ingest_running(root)  # cleared when the catalog is written
 
     lo, hi = HEADER_BATCH
     size = min(hi, max(lo, -(-len(paths) // 16)))

@@ -139,12 +139,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
         print(f"{args.store}: {n_ok} series, {len(files)} input files ({n_exc} excluded)")
         print(format_series_table(series))
-    unfinished = list_incomplete(args.store)
-    if unfinished:
-        print(f"interrupted: {len(unfinished)} series not complete (their write was "
-              f"interrupted; readers do not see them): {', '.join(unfinished[:5])}"
-              f"{', ...' if len(unfinished) > 5 else ''}; re-run the command that wrote "
-              "this store to finish them")
+    unfinished, ingest_running = list_incomplete(args.store)
+    if unfinished or ingest_running:
+        what = (f"{len(unfinished)} series not complete (readers do not see them: "
+                f"{', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''})"
+                if unfinished else "its ingest never finished (no catalog written)")
+        print(f"interrupted: {what}; re-run the command that wrote this store to finish")
     return 0
 
 

@@ -131,14 +131,16 @@ def check_store_path(store: str | os.PathLike[str], *, create: bool = False) -> 
 
 def list_incomplete(
     store: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
-) -> list[str]:
-    """Keys of series whose write started and never finished (not flagged
-    ``complete``: an interrupted run), sorted. Readers do not see them."""
+) -> tuple[list[str], bool]:
+    """What an interrupted run left: the keys of series whose write started and
+    never finished (not flagged ``complete``; readers do not see them), sorted,
+    and whether an ingest started and never wrote its catalog."""
     root = open_store(store, storage_options=storage_options)
+    running = bool(root.attrs.get("ctvol", {}).get("ingest_running"))
     if "series" not in root:
-        return []
+        return [], running
     return sorted(name for name, group in root["series"].groups()
-                  if group.attrs.get("complete") is not True)
+                  if group.attrs.get("complete") is not True), running
 
 
 def open_store(
@@ -479,6 +481,15 @@ def write_catalog(
     root = _open_root(store, "r+", storage_options)
     info = dict(root.attrs.get("ctvol", {}))
     info.update({"format_version": FORMAT_VERSION, "summary": json.loads(json.dumps(summary))})
+    info.pop("ingest_running", None)
+    root.attrs["ctvol"] = info
+
+
+def mark_ingest_running(root: Any) -> None:
+    """Flag the store's root: an ingest started and has not written its catalog yet
+    (:func:`write_catalog` clears it), so an interrupted ingest can be told apart."""
+    info = dict(root.attrs.get("ctvol", {}))
+    info["ingest_running"] = True
     root.attrs["ctvol"] = info
 
 
