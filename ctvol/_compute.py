@@ -14,8 +14,23 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["active_client", "compute", "compute_bounded", "default_in_flight", "persist",
-           "scheduler_context"]
+__all__ = ["AUTO_CLUSTER_SLICES", "active_client", "choose_scheduler", "compute",
+           "compute_bounded", "default_in_flight", "persist", "scheduler_context"]
+
+#: ``scheduler="auto"``: a job of fewer slices (or files) than this runs on
+#: threads; a larger one starts a LocalCluster. Starting the cluster costs
+#: ~3.5 s on a 2-core machine, and its worker processes decode DICOM without
+#: the GIL; the crossover was measured with ``ctvol ingest`` (docs/cluster.md).
+AUTO_CLUSTER_SLICES = 300
+
+
+def choose_scheduler(spec: str, slices: int | None) -> str:
+    """Resolve ``"auto"``: ``"threads"`` for a job of fewer than
+    :data:`AUTO_CLUSTER_SLICES` slices (files), else ``"local"`` (unknown size:
+    ``"local"``). Any other ``spec`` is returned as is."""
+    if spec != "auto":
+        return spec
+    return "threads" if slices is not None and slices < AUTO_CLUSTER_SLICES else "local"
 
 
 def active_client() -> Any:

@@ -43,11 +43,35 @@ class _Parser(argparse.ArgumentParser):
 
 
 @contextlib.contextmanager
-def _scheduler(spec: str, workers: int | None, quiet: bool = False) -> Iterator[Any]:
-    from ctvol._compute import scheduler_context
+def _scheduler(spec: str, workers: int | None, quiet: bool = False,
+               slices: int | None = None) -> Iterator[Any]:
+    """The scheduler context of a command; ``auto`` picks threads or a LocalCluster
+    by the job's size in slices (``ctvol._compute.choose_scheduler``)."""
+    from ctvol._compute import choose_scheduler, scheduler_context
 
-    with scheduler_context(spec, workers, announce=not quiet) as client:
+    with scheduler_context(choose_scheduler(spec, slices), workers,
+                           announce=not quiet) as client:
         yield client
+
+
+def _count_files(inputs: Sequence[str]) -> int | None:
+    """Files under local inputs (None when an input is a URL: size unknown)."""
+    n = 0
+    for p in inputs:
+        if "://" in p:
+            return None
+        if os.path.isfile(p):
+            n += 1
+        for _, _, files in os.walk(p):
+            n += len(files)
+    return n
+
+
+def _count_slices(store: str, keys: Sequence[str]) -> int:
+    """Slices of the given series (metadata only)."""
+    import ctvol
+
+    return sum(int(ctvol.open_series(store, k).sizes["z"]) for k in keys)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -58,12 +82,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--scheduler", default="local", metavar="ADDRESS",
-        help="'local' (default: a LocalCluster on this machine), 'threads', "
-             "or a distributed scheduler address such as tcp://host:8786",
+        "--scheduler", default="auto", metavar="ADDRESS",
+        help="where the work runs: 'auto' (threads for a small job, a LocalCluster for a "
+             "large one: docs/cluster.md), 'local' (a LocalCluster on this machine), "
+             "'threads', or a distributed scheduler address such as tcp://host:8786",
     )
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes for --scheduler local (default: one per core)")
+                   help="worker processes for a LocalCluster (default: one per core)")
 
 
 def _fail(command: str, message: str, code: int = 1) -> int:
@@ -88,7 +113,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     opts["modalities"] = opts["modalities"] or _options.OPTIONS["ingest"][0].default
     _check_inputs(args.inputs)
     check_store_path(args.output, create=True)
-    with _scheduler(args.scheduler, args.workers, args.quiet):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_files(args.inputs)):
         report = ctvol.ingest(args.inputs, args.output, progress=not args.quiet, **opts)
     if not args.quiet:
         print()
@@ -168,7 +194,8 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
     _check_output(args.output, args.store)
     check_store_path(args.output, create=True)
     failed = []
-    with _scheduler(args.scheduler, args.workers, args.quiet):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
         for key in keys:
             try:
                 ds = ctvol.open_series(args.store, key)
@@ -330,7 +357,8 @@ def _cmd_shift_interleave(args: argparse.Namespace) -> int:
         # starts; the graph is built again inside the scheduler context, where
         # a cluster's GPU workers can be seen (nothing is computed either time).
         _shift_interleave_result(args)
-        with _scheduler(args.scheduler, args.workers, args.quiet):
+        with _scheduler(args.scheduler, args.workers, args.quiet,
+                        slices=_count_slices(args.store, [args.key])):
             ds, out = _shift_interleave_result(args)
             info = out.attrs["shift_interleave"]
             if not args.quiet:
@@ -376,7 +404,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         series = (pairs if any(v is not None for v in pairs.values()) else list(pairs))
         if isinstance(series, dict):
             series = {k: (v if v is not None else slice(None)) for k, v in series.items()}
-    ctvol.list_series(args.store)  # a store, before a cluster starts
+    keys = list(dict(args.series)) if args.series else ctvol.list_series(args.store)
     model: Any = None
     if opts["model"] and "unet" in opts["methods"]:
         from ctvol.errors import OptionError
@@ -386,7 +414,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise OptionError(f"--model: {exc}") from None
         model = {m.factor: m for m in loaded}
-    with _scheduler(args.scheduler, args.workers, args.quiet):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
         try:
             with warnings.catch_warnings():  # shown once, after the tables
                 warnings.simplefilter("ignore", EvaluationWarning)
@@ -440,7 +469,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             load_slice_model(opts["model"])
         except (OSError, ValueError) as exc:
             raise OptionError(f"--model {opts['model']}: {exc}") from None
-    with _scheduler(args.scheduler, args.workers, args.quiet):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
         table = ctvol.curate_store(args.store, keys=keys, progress=not args.quiet, **opts)
     print()
     print(table.to_string(index=False))
@@ -575,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a cohort pipeline from a .yaml/.toml config")
     p.add_argument("config", help="pipeline config (docs/cluster.md)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="override the config: 'local', 'threads' or tcp://host:8786")
+                   help="override the config's `scheduler` (itself 'auto' when absent): 'auto', "
+                        "'local', 'threads' or tcp://host:8786")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes for a local cluster (default: one per core)")
     p.add_argument("-q", "--quiet", action="store_true",

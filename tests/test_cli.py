@@ -60,8 +60,8 @@ def test_failed_series_exit_code(tmp_path: pathlib.Path,
 def test_console_script_on_local_cluster(sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     exe = pathlib.Path(sys.executable).with_name("ctvol")
     out = tmp_path / "c.zarr"
-    run = subprocess.run([str(exe), "ingest", str(sample_dir), "-o", str(out), "--workers", "2"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([str(exe), "ingest", str(sample_dir), "-o", str(out), "--workers", "2",
+                          "--scheduler", "local"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "LocalCluster with 2 workers" in run.stdout
     assert len(ctvol.list_series(out)) == 1
