@@ -18,10 +18,10 @@ __all__ = ["AUTO_CLUSTER_SLICES", "active_client", "choose_scheduler", "compute"
            "compute_bounded", "default_in_flight", "persist", "scheduler_context"]
 
 #: ``scheduler="auto"``: a job of fewer slices (or files) than this runs on
-#: threads; a larger one starts a LocalCluster. Starting the cluster costs
-#: ~3.5 s on a 2-core machine, and its worker processes decode DICOM without
-#: the GIL; the crossover was measured with ``ctvol ingest`` (docs/cluster.md).
-AUTO_CLUSTER_SLICES = 300
+#: threads; a larger one starts a LocalCluster. On a shared 2-core machine the
+#: cluster never paid for itself up to 800 files (``ctvol ingest``, measured in
+#: docs/cluster.md); the threshold sits above what was measured.
+AUTO_CLUSTER_SLICES = 1000
 
 
 def choose_scheduler(spec: str, slices: int | None) -> str:

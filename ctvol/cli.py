@@ -37,9 +37,18 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _options.HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+    def error(self, message: str, prog: str | None = None) -> Any:  # type: ignore[override]
+        prog = prog or self.prog
+        sys.stderr.write(f"{prog}: error: {message} (see `{prog} --help`)\n")
         sys.exit(EXIT_USAGE)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the verb they were given to, not by the top-level parser
+            verb = getattr(ns, "command", None)
+            self.error(f"unrecognized arguments: {' '.join(extras)}",
+                       f"{self.prog} {verb}" if verb else None)
+        return ns
 
 
 @contextlib.contextmanager
