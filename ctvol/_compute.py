@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -71,16 +72,91 @@ def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
         # from being lost in fusion (dask/dask#7036, ../shared/MEASURED.md).
         futures = client.compute(list(tasks), optimize_graph=False)
         if progress:
-            from distributed import progress as dprogress
-
-            dprogress(futures)
+            _client_progress(futures)
         return list(client.gather(futures))
     if progress:
+        with _local_progress():
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))
+
+
+#: Seconds between progress lines when stdout is not a terminal (a log file, a pipe).
+PROGRESS_EVERY_S = 5.0
+
+
+def _tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def _line(done: int, total: int, t0: float) -> None:
+    pct = 100.0 * done / total if total else 100.0
+    print(f"ctvol: {pct:.0f}% ({done}/{total} tasks, {time.monotonic() - t0:.0f} s)",
+          flush=True)
+
+
+@contextlib.contextmanager
+def _local_progress() -> Iterator[None]:
+    """Progress of a local-scheduler compute: dask's live bar on a terminal; on
+    anything else a plain line every :data:`PROGRESS_EVERY_S` seconds and one at
+    the end (no carriage returns or escape codes in logs)."""
+    if _tty():
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(minimum=0.5):
-            return list(dask.compute(*tasks))
-    return list(dask.compute(*tasks))
+            yield
+        return
+    from dask.callbacks import Callback
+
+    class Lines(Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = self.last = time.monotonic()
+            self.state: Any = None
+
+        def _start_state(self, dsk: Any, state: Any) -> None:
+            self.state = state
+
+        def _counts(self) -> tuple[int, int]:
+            s = self.state
+            done = len(s["finished"])
+            return done, done + sum(len(s[k]) for k in ("ready", "waiting", "running"))
+
+        def _posttask(self, *args: Any) -> None:
+            now = time.monotonic()
+            if self.state is not None and now - self.last >= PROGRESS_EVERY_S:
+                self.last = now
+                _line(*self._counts(), self.t0)
+
+        def _finish(self, *args: Any) -> None:
+            if self.state is not None and time.monotonic() - self.t0 >= 0.5:
+                _line(*self._counts(), self.t0)
+
+    with Lines():
+        yield
+
+
+def _client_progress(futures: Sequence[Any]) -> None:
+    """Wait for futures with progress: distributed's live bar on a terminal, plain
+    lines every :data:`PROGRESS_EVERY_S` seconds otherwise."""
+    from distributed import wait
+
+    if _tty():
+        from distributed import progress as dprogress
+
+        dprogress(futures)
+        return
+    t0 = time.monotonic()
+    while True:
+        try:
+            wait(futures, timeout=PROGRESS_EVERY_S)
+            break
+        except TimeoutError:
+            _line(sum(f.done() for f in futures), len(futures), t0)
+    if time.monotonic() - t0 >= 0.5:
+        _line(len(futures), len(futures), t0)
 
 
 def default_in_flight() -> int:
@@ -204,14 +280,10 @@ def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
     if client is not None:
         out = client.persist(list(collections), optimize_graph=False)
         if progress:
-            from distributed import progress as dprogress
-
-            dprogress(out)
+            _client_progress(out)
         return list(out)
     if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=0.5):
+        with _local_progress():
             return list(dask.persist(*collections))
     return list(dask.persist(*collections))
 

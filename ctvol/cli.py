@@ -670,8 +670,7 @@ def _cli_warnings(quiet: bool) -> Iterator[None]:
         if not quiet:
             print(f"ctvol: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():  # the filters stay Python's (and the user's -W)
         warnings.showwarning = show
         yield
 

@@ -225,15 +225,18 @@ def test_closed_stdout_ends_quietly(sample_store: str) -> None:
     assert err == ""
 
 
-def test_ctrl_c_stops_quietly_and_info_says_interrupted(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("scheduler", ["threads", pytest.param("local", marks=pytest.mark.slow)])
+def test_ctrl_c_stops_quietly_and_info_says_interrupted(tmp_path: pathlib.Path,
+                                                        scheduler: str) -> None:
     write_dicom_series(tmp_path / "in", head_phantom((300, 64, 64), seed=2))
     store = tmp_path / "c.zarr"
     # A new session, and SIGINT to its whole process group: what a terminal's Ctrl-C does.
     proc = subprocess.Popen([CTVOL, "ingest", str(tmp_path / "in"), "-o", str(store),
-                             "--scheduler", "threads"], stdout=subprocess.PIPE,
+                             "--scheduler", scheduler], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (store / "zarr.json").exists():  # the ingest has started writing
+    marker = store / "zarr.json"
+    while not (marker.exists() and "ingest_running" in marker.read_text()):  # started
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -248,3 +251,74 @@ def test_ctrl_c_stops_quietly_and_info_says_interrupted(tmp_path: pathlib.Path) 
     again = _ctvol("ingest", str(tmp_path / "in"), "-o", str(store), "-q")
     assert again.returncode == 0, again.stderr
     assert "interrupted" not in _ctvol("info", str(store)).stdout
+
+
+SLOW_HEADERS = textwrap.dedent("""
+    import sys, time
+    import ctvol.io.dicom as dicom
+
+    original = dicom.read_headers
+    def slow(paths, *args, **kwargs):  # every header task takes over a second
+        time.sleep(1.2)
+        return original(paths, *args, **kwargs)
+    dicom.read_headers = slow
+
+    from ctvol.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _ingest_argv(tmp_path: pathlib.Path, *extra: str) -> list[str]:
+    write_dicom_series(tmp_path / "in", head_phantom((3, 16, 16)))
+    (tmp_path / "slow.py").write_text(SLOW_HEADERS)
+    return [sys.executable, str(tmp_path / "slow.py"), "ingest", str(tmp_path / "in"), "-o",
+            str(tmp_path / "c.zarr"), "--scheduler", "threads", *extra]
+
+
+def test_progress_is_a_live_bar_on_a_terminal(tmp_path: pathlib.Path) -> None:
+    import pty
+
+    argv = _ingest_argv(tmp_path)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    text = b"".join(chunks).decode()
+    assert "\r[" in text and "% Completed" in text  # dask's bar, redrawn in place
+    assert "1 series in" in text
+
+
+def test_progress_is_plain_lines_in_a_log(tmp_path: pathlib.Path) -> None:
+    run = subprocess.run(_ingest_argv(tmp_path), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stdout and "\x1b" not in run.stdout
+    assert "ctvol: 100% (" in run.stdout  # a line at the end of the stage
+    assert "ctvol ingest: headers" in run.stdout
+
+
+def test_quiet_prints_only_the_summary(tmp_path: pathlib.Path) -> None:
+    run = subprocess.run(_ingest_argv(tmp_path, "-q"), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("3 files -> 1 series in")
+    assert "%" not in run.stdout and "headers" not in run.stdout
+    assert run.stderr == ""
+
+
+def test_warnings_are_ctvol_lines(tmp_path: pathlib.Path) -> None:
+    write_dicom_series(tmp_path / "in", head_phantom((4, 16, 16)), tilt_deg=15.0)
+    run = _ctvol("ingest", str(tmp_path / "in"), "-o", str(tmp_path / "c.zarr"))
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert lines and all(line.startswith("ctvol: warning: ") for line in lines), run.stderr
+    assert any("gantry tilt 15" in line for line in lines)
