@@ -321,8 +321,9 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
                               f"ctvol {__version__} reslice: already at {dz:.4g} mm, unchanged"]
     attrs["reslice"] = {"factor": 1, "keep_every": 1, "method": method,
                         "source_spacing_mm": dz, "model_digest": None, "unchanged": True}
-    coords = {"z": ("z", z, ds["z"].attrs), "generated": ("z", np.zeros(z.size, bool)),
-              "acquired_index": ("z", np.arange(z.size))}
+    coords: dict[str, Any] = {"z": ("z", z, ds["z"].attrs),
+                              "generated": ("z", np.zeros(z.size, bool)),
+                              "acquired_index": ("z", np.arange(z.size))}
     for c in ("y", "x"):
         if c in ds.coords:
             coords[c] = ds[c]

@@ -1,10 +1,13 @@
 """The ``ctvol`` command line: ingest, reslice, upsample, shift-interleave, train, evaluate,
 curate, run, info.
 
-Commands run on a Dask scheduler: by default a LocalCluster sized to the
+Commands run on a Dask scheduler: by default (``--scheduler auto``) the
+in-process threaded scheduler for a small job and a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
-the GIL), ``--scheduler threads`` for the in-process threaded scheduler, or
-``--scheduler tcp://host:8786`` for an existing cluster.
+the GIL) for a large one (docs/cluster.md); ``--scheduler local`` or
+``threads`` forces either, ``--scheduler tcp://host:8786`` uses an existing
+cluster. Options are checked before a cluster starts or any output is
+created; each stage's options come from ``ctvol._options``.
 
 Exit codes: 0 success; 1 an error (one line on stderr: ``ctvol VERB: error: ...``);
 2 a usage error (a bad flag or value); 3 the run completed but some series
