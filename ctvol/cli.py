@@ -443,6 +443,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for conv in ("generated", "volume"):
             print(f"\n{conv}: {ctvol._evaluate.CONVENTIONS[conv]}")
             print(rep.summary(convention=conv, stride=min(opts["strides"])).to_string(na_rep="—"))
+        if any(" - " in m for m in rep.table.method.unique()):
+            from ctvol._report import P_EXPLAINED
+
+            print(f"\n{P_EXPLAINED}")
     skipped = rep.info["data"]["skipped"]
     for w in rep.info["warnings"]:
         print(f"ctvol: warning: {w}", file=sys.stderr)
