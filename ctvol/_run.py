@@ -166,8 +166,9 @@ def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
     slices = 0
     for _, row in rep.series.iterrows():
         key = row.get("key")
-        status = {"ok": "done", "unchanged": "skipped"}.get(row["status"], row["status"])
-        if row["status"] == "ok":
+        status = ({"written": "done", "unchanged": "skipped"}.get(row["last_run"], "done")
+                  if row["status"] == "ok" else row["status"])
+        if status == "done":
             slices += int(row["n_slices"])
         if status in ("done", "skipped", "failed"):  # excluded files are in the catalog
             summary.series.append({"stage": "ingest", "series": key, "status": status,

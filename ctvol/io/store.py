@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from .dicom import SliceHeader
 
 __all__ = [
+    "FILE_COLUMNS",
     "FORMAT_VERSION",
+    "SERIES_COLUMNS",
     "SHARD_SLICES",
     "catalog",
     "list_series",
@@ -48,6 +50,16 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Slices per shard: each Dask write task owns whole shards (zarr-python#3682).
 SHARD_SLICES = 32
+
+#: ``catalog(store)`` columns, in this order (docs/storage.md); ``ctvol info``
+#: prints them under the same names.
+SERIES_COLUMNS = [
+    "key", "status", "last_run", "reason", "detail", "series_uid", "series_number",
+    "description", "n_files", "n_slices", "rows", "cols", "dz", "dy", "dx", "tilt_deg",
+    "warnings",
+]
+#: ``catalog(store, level="files")`` columns, in this order.
+FILE_COLUMNS = ["path", "status", "reason", "detail", "key", "series_uid", "sop_uid"]
 
 
 #: Lossless codecs for ``hu``, measured on the Philips head CT (512^2 int16
@@ -519,26 +531,33 @@ def catalog(
     Parameters
     ----------
     level : {"series", "files"}
-        ``"series"``: one row per series written or group excluded (key,
-        status, reason, shape, spacing in mm, tilt, warnings). ``"files"``:
-        one row per input file with its fate (status, reason, detail, key).
+        ``"series"``: one row per series written or group excluded, columns
+        :data:`SERIES_COLUMNS` in that order (``status``: ``ok``, ``failed``,
+        ``refused``, ``excluded``; ``last_run``: what the latest ingest did to
+        it, ``written`` or ``unchanged``; spacing ``dz``/``dy``/``dx`` in mm).
+        ``"files"``: one row per input file with its fate, columns
+        :data:`FILE_COLUMNS`. docs/storage.md describes every column.
     """
     import xarray as xr
 
     if level not in ("series", "files"):
         raise ValueError(f"level must be 'series' or 'files', got {level!r}")
     root = open_store(store, storage_options=storage_options)
-    if "catalog" not in root or level not in root["catalog"]:
-        import pandas as pd
+    import pandas as pd
 
-        return pd.DataFrame()
+    order = SERIES_COLUMNS if level == "series" else FILE_COLUMNS
+    if "catalog" not in root or level not in root["catalog"]:
+        return pd.DataFrame(columns=order)
     ds = xr.open_zarr(_url(store), group=f"catalog/{level}", consolidated=False, zarr_format=3,
                       chunks=None, storage_options=dict(storage_options or {}) or None)
     df = ds.to_dataframe().reset_index(drop=True)
     for col in df.columns:
         if df[col].dtype == object or str(df[col].dtype).startswith(("string", "str")):
             df[col] = df[col].astype(object)
-    return df
+    if level == "series" and "last_run" not in df:  # a catalog written before the column
+        df["last_run"] = ""
+    # The documented order first, whatever the stored one; columns of a newer ctvol after.
+    return df[[c for c in order if c in df] + [c for c in df if c not in order]]
 
 
 def _write_block(block: np.ndarray, *, store: str, path: str,
