@@ -292,15 +292,53 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     summary.stages[-1].update(slices=slices, output_slices=made)
 
 
+def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation depends on: each series' source digest, the options, the
+    models' digests (a bundled default: this ctvol's version), JSON-normalised."""
+    import json
+
+    import ctvol
+
+    store = cfg["store"]
+    sources = {k: ctvol.open_series(store, k).attrs.get("sop_digest")
+               for k in ctvol.list_series(store)}
+    model = cfg["evaluate"].get("model")
+    models: Any = ctvol.__version__
+    if model is not None:
+        paths = model.values() if isinstance(model, Mapping) else (
+            [model] if isinstance(model, str) else model)
+        models = [ctvol.load_model(m).digest for m in paths]
+    stamp = {"sources": sources, "evaluate": cfg["evaluate"], "models": models}
+    return dict(json.loads(json.dumps(stamp, default=str)))
+
+
 def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import json
+
     import ctvol
 
     opts = dict(cfg["evaluate"])
     out = opts.pop("output")
     figures = opts.pop("figures", True)
     factor = opts.pop("factor", 3)
+    stamp = _evaluate_stamp(cfg)
+    report = pathlib.Path(out) / "report.json"
+    try:
+        previous = json.loads(report.read_text()).get("ctvol_run")
+    except (OSError, ValueError):
+        previous = None
+    if previous == stamp:  # the same series, options and models: the report stands
+        for key in stamp["sources"]:
+            summary.series.append({"stage": "evaluate", "series": key, "status": "skipped",
+                                   "reason": "report up to date (same series, options and "
+                                             "models)"})
+        summary.stages[-1]["note"] = f"unchanged: {report}"
+        return
     rep = ctvol.evaluate(cfg["store"], factor, progress=progress, **opts)
     rep.save(out, figures=figures)
+    doc = json.loads(report.read_text())
+    doc["ctvol_run"] = stamp  # what this report was computed from (see above)
+    report.write_text(json.dumps(doc, indent=1, allow_nan=False))
     for d in rep.info["data"]["skipped"]:
         summary.series.append({"stage": "evaluate", "series": d["series"], "status": "skipped",
                                "reason": f"x{d['factor']}: {d['reason']}"})

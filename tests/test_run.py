@@ -76,9 +76,17 @@ def test_full_pipeline_then_rerun_skips_everything_done(cohort_dir: pathlib.Path
     assert first.peak_rss_mb["driver"] > 0
     again = ctvol.run(cfg, progress=False)
     stages = {s["stage"]: s for s in again.stages}
-    for stage in ("ingest", "curate", "reslice"):
+    for stage in ("ingest", "curate", "reslice", "evaluate"):
         assert stages[stage]["done"] == 0 and stages[stage]["skipped"] == 6, stage
     assert "reslice" in again.table() and "peak memory" in again.table()
+    # the catalog keeps each series' status; the no-op run is in last_run
+    cat = ctvol.catalog(tmp_path / "cohort.zarr")
+    ok = cat[cat["status"] == "ok"]
+    assert len(ok) == 6 and set(ok["last_run"]) == {"unchanged"}
+    # changed evaluate options: evaluate runs again, the rest stays skipped
+    cfg.write_text(cfg.read_text().replace("figures: false", "figures: false, strides: [1, 2]"))
+    third = {s["stage"]: s for s in ctvol.run(cfg, progress=False).stages}
+    assert third["evaluate"]["done"] == 6 and third["reslice"]["done"] == 0
 
 
 def test_changed_parameters_redo_the_stage(cohort_dir: pathlib.Path,
