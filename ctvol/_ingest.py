@@ -175,7 +175,11 @@ def ingest(
     from .io.dicom import find_files, read_headers
 
     so = dict(storage_options or {}) or None
-    st.hu_codec(compressor)  # validate before touching anything
+    from ._options import check
+
+    check("ingest", {"modalities": list(modalities), "split_gaps": split_gaps,
+                     "max_obliquity_deg": max_obliquity_deg})  # before touching anything
+    st.hu_codec(compressor)
     url = st._url(store)
     st.check_store_path(url, create=True)  # fail fast on a bad path, creating nothing
 

@@ -103,9 +103,18 @@ def _add_scheduler(p: argparse.ArgumentParser) -> None:
                    help="worker processes for a LocalCluster (default: one per core)")
 
 
+#: The library's advice in keyword form, said with the CLI's flags.
+_CLI_WORDS = {"method='linear'": "--method linear", "method='unet'": "--method unet",
+              "method='bilinear'": "--method bilinear", "model=PATH": "--model PATH",
+              "pass model=": "pass --model "}
+
+
 def _fail(command: str, message: str, code: int = 1) -> int:
     """Print ``ctvol COMMAND: error: MESSAGE`` (one line) on stderr; return ``code``."""
-    print(f"ctvol {command}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    text = " ".join(message.split())
+    for words, flags in _CLI_WORDS.items():
+        text = text.replace(words, flags)
+    print(f"ctvol {command}: error: {text}", file=sys.stderr, flush=True)
     return code
 
 

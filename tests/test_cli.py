@@ -182,6 +182,7 @@ def test_errors_are_one_line_before_any_work(tmp_path: pathlib.Path, args: list[
     assert message.format(**fill) in line
     assert "LocalCluster" not in run.stdout  # checked before a cluster starts
     assert not (tmp_path / "f.zarr").exists() and not (tmp_path / "c.zarr").exists()
+    assert "method='" not in line and "model=" not in line  # the CLI's flags, not keywords
     if args[0] == "info":
         assert "remove" not in line and "delete" not in line
 

@@ -136,3 +136,17 @@ def test_real_curate_options_pass_the_config(tmp_path: pathlib.Path) -> None:
                    "min_fraction: 0.01}\n")
     assert load_config(cfg)["curate"] == {"min_thickness_mm": 4, "tissue_hu": -400,
                                           "min_fraction": 0.01}
+
+
+def test_verbs_check_their_keywords_with_the_schema(tmp_path: pathlib.Path) -> None:
+    from ctvol.testing import head_phantom, write_dicom_series
+
+    write_dicom_series(tmp_path / "in", head_phantom((3, 16, 16)))
+    with pytest.raises(OptionError, match=r"max_obliquity_deg must be a number in \[0, 90\]"):
+        ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr", max_obliquity_deg=100)
+    assert not (tmp_path / "c.zarr").exists()  # checked before anything is created
+    ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr")
+    with pytest.raises(OptionError, match=r"unknown option\(s\) \['fov_hu'\] for curate"):
+        ctvol.curate_store(tmp_path / "c.zarr", fov_hu=-500)
+    with pytest.raises(ValueError, match=r"min_fraction must be a number in \[0, 1\]"):
+        ctvol.curate_store(tmp_path / "c.zarr", min_fraction=2.0)
