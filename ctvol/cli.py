@@ -243,13 +243,19 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
     if method != "unet":
         return
     if inplane:
-        from ctvol.models import load_inplane_model
+        from ctvol.models import bundled_inplane_models, load_inplane_model
 
         if model is not None:
             try:
                 load_inplane_model(model)
             except (OSError, ValueError) as exc:
                 raise OptionError(f"--model {model}: {exc}") from None
+            return
+        have = bundled_inplane_models()
+        if factor not in have.values():
+            names = ", ".join(f"{n} (x{f})" for n, f in have.items()) or "none"
+            raise OptionError(f"no bundled in-plane U-net for factor {factor} (bundled: "
+                              f"{names}); give --model PATH or --method bilinear")
         return
     from ctvol.models import bundled_models, load_model
 
