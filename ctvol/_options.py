@@ -216,8 +216,8 @@ class _DefaultsHelp(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         d = action.default
-        if (d is None or d is False or d is argparse.SUPPRESS or "default" in text
-                or not action.option_strings):
+        if (d is None or isinstance(d, bool) or d is argparse.SUPPRESS or "default" in text
+                or not action.option_strings):  # a flag's help says what it switches
             return text
         shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})"

@@ -81,7 +81,7 @@ def test_every_option_has_help_with_its_default(verb: str) -> None:
             continue
         assert action.help, f"ctvol {verb} {action.option_strings[0]} has no help"
         d = action.default
-        if d not in (None, False, argparse.SUPPRESS):
+        if d is not None and not isinstance(d, bool) and d is not argparse.SUPPRESS:
             shown = " ".join(map(str, d)) if isinstance(d, list) else str(d)
             assert f"(default: {shown})" in " ".join(text.split()), (verb, action.dest)
 
