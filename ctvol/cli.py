@@ -113,12 +113,17 @@ _CLI_WORDS = {"method='linear'": "--method linear", "method='unet'": "--method u
               "pass model=": "pass --model "}
 
 
-def _fail(command: str, message: str, code: int = 1) -> int:
-    """Print ``ctvol COMMAND: error: MESSAGE`` (one line) on stderr; return ``code``."""
+def _cli_words(message: str) -> str:
+    """A library message as one line, its keyword advice said with the CLI's flags."""
     text = " ".join(message.split())
     for words, flags in _CLI_WORDS.items():
         text = text.replace(words, flags)
-    print(f"ctvol {command}: error: {text}", file=sys.stderr, flush=True)
+    return text
+
+
+def _fail(command: str, message: str, code: int = 1) -> int:
+    """Print ``ctvol COMMAND: error: MESSAGE`` (one line) on stderr; return ``code``."""
+    print(f"ctvol {command}: error: {_cli_words(message)}", file=sys.stderr, flush=True)
     return code
 
 
@@ -226,7 +231,8 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
                 ds = ctvol.open_series(args.store, key)
                 out = make(ds)
             except (ValueError, FileNotFoundError, CtvolError) as exc:
-                print(f"ctvol {command}: series {key} skipped: {exc}", file=sys.stderr)
+                print(f"ctvol {command}: series {key} skipped: {_cli_words(str(exc))}",
+                      file=sys.stderr)
                 failed.append(key)
                 continue
             if not args.quiet:

@@ -64,7 +64,18 @@ def test_console_script_on_local_cluster(sample_dir: pathlib.Path, tmp_path: pat
                           "--scheduler", "local"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "LocalCluster with 2 workers" in run.stdout
+    assert "\r" not in run.stdout and "\x1b" not in run.stdout  # a pipe: plain lines
     assert len(ctvol.list_series(out)) == 1
+
+
+@pytest.mark.slow
+def test_quiet_on_a_local_cluster_prints_only_the_summary(sample_dir: pathlib.Path,
+                                                          tmp_path: pathlib.Path) -> None:
+    run = _ctvol("ingest", str(sample_dir), "-o", str(tmp_path / "c.zarr"), "--workers", "2",
+                 "--scheduler", "local", "-q")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("33 files -> 1 series in")
+    assert "LocalCluster" not in run.stdout and "%" not in run.stdout
 
 
 KILLER = textwrap.dedent("""
