@@ -281,8 +281,8 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
         return
     bundled = bundled_models()
     if factor is not None and factor not in bundled.values():
-        have = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none"
-        raise OptionError(f"no bundled U-net for factor {factor} (bundled: {have}); give "
+        names = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none"
+        raise OptionError(f"no bundled U-net for factor {factor} (bundled: {names}); give "
                           "--model PATH (train one with `ctvol train`) or --method linear")
 
 
