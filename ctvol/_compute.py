@@ -11,11 +11,27 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["active_client", "compute", "compute_bounded", "default_in_flight", "persist",
-           "scheduler_context"]
+__all__ = ["AUTO_CLUSTER_SLICES", "active_client", "choose_scheduler", "compute",
+           "compute_bounded", "default_in_flight", "persist", "scheduler_context"]
+
+#: ``scheduler="auto"``: a job of fewer slices (or files) than this runs on
+#: threads; a larger one starts a LocalCluster. On a shared 2-core machine the
+#: cluster never paid for itself up to 800 files (``ctvol ingest``, measured in
+#: docs/cluster.md); the threshold sits above what was measured.
+AUTO_CLUSTER_SLICES = 1000
+
+
+def choose_scheduler(spec: str, slices: int | None) -> str:
+    """Resolve ``"auto"``: ``"threads"`` for a job of fewer than
+    :data:`AUTO_CLUSTER_SLICES` slices (files), else ``"local"`` (unknown size:
+    ``"local"``). Any other ``spec`` is returned as is."""
+    if spec != "auto":
+        return spec
+    return "threads" if slices is not None and slices < AUTO_CLUSTER_SLICES else "local"
 
 
 def active_client() -> Any:
@@ -56,16 +72,91 @@ def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
         # from being lost in fusion (dask/dask#7036, ../shared/MEASURED.md).
         futures = client.compute(list(tasks), optimize_graph=False)
         if progress:
-            from distributed import progress as dprogress
-
-            dprogress(futures)
+            _client_progress(futures)
         return list(client.gather(futures))
     if progress:
+        with _local_progress():
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))
+
+
+#: Seconds between progress lines when stdout is not a terminal (a log file, a pipe).
+PROGRESS_EVERY_S = 5.0
+
+
+def _tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def _line(done: int, total: int, t0: float) -> None:
+    pct = 100.0 * done / total if total else 100.0
+    print(f"ctvol: {pct:.0f}% ({done}/{total} tasks, {time.monotonic() - t0:.0f} s)",
+          flush=True)
+
+
+@contextlib.contextmanager
+def _local_progress() -> Iterator[None]:
+    """Progress of a local-scheduler compute: dask's live bar on a terminal; on
+    anything else a plain line every :data:`PROGRESS_EVERY_S` seconds and one at
+    the end (no carriage returns or escape codes in logs)."""
+    if _tty():
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(minimum=0.5):
-            return list(dask.compute(*tasks))
-    return list(dask.compute(*tasks))
+            yield
+        return
+    from dask.callbacks import Callback
+
+    class Lines(Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = self.last = time.monotonic()
+            self.state: Any = None
+
+        def _start_state(self, dsk: Any, state: Any) -> None:
+            self.state = state
+
+        def _counts(self) -> tuple[int, int]:
+            s = self.state
+            done = len(s["finished"])
+            return done, done + sum(len(s[k]) for k in ("ready", "waiting", "running"))
+
+        def _posttask(self, *args: Any) -> None:
+            now = time.monotonic()
+            if self.state is not None and now - self.last >= PROGRESS_EVERY_S:
+                self.last = now
+                _line(*self._counts(), self.t0)
+
+        def _finish(self, *args: Any) -> None:
+            if self.state is not None and time.monotonic() - self.t0 >= 0.5:
+                _line(*self._counts(), self.t0)
+
+    with Lines():
+        yield
+
+
+def _client_progress(futures: Sequence[Any]) -> None:
+    """Wait for futures with progress: distributed's live bar on a terminal, plain
+    lines every :data:`PROGRESS_EVERY_S` seconds otherwise."""
+    from distributed import wait
+
+    if _tty():
+        from distributed import progress as dprogress
+
+        dprogress(futures)
+        return
+    t0 = time.monotonic()
+    while True:
+        try:
+            wait(futures, timeout=PROGRESS_EVERY_S)
+            break
+        except TimeoutError:
+            _line(sum(f.done() for f in futures), len(futures), t0)
+    if time.monotonic() - t0 >= 0.5:
+        _line(len(futures), len(futures), t0)
 
 
 def default_in_flight() -> int:
@@ -189,14 +280,10 @@ def persist(collections: Sequence[Any], *, progress: bool = False) -> list[Any]:
     if client is not None:
         out = client.persist(list(collections), optimize_graph=False)
         if progress:
-            from distributed import progress as dprogress
-
-            dprogress(out)
+            _client_progress(out)
         return list(out)
     if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=0.5):
+        with _local_progress():
             return list(dask.persist(*collections))
     return list(dask.persist(*collections))
 
@@ -227,6 +314,26 @@ def _short_developer_logs() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start processes that ignore SIGINT: Ctrl-C in a terminal goes to the whole
+    process group, and the driver, not each worker, handles it (closing the
+    cluster); otherwise every worker prints its own KeyboardInterrupt traceback.
+    A child inherits the ignored disposition, and Python installs its
+    KeyboardInterrupt handler only where SIGINT is not ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def scheduler_context(spec: str, workers: int | None = None, *,
                       announce: bool = False) -> Iterator[Any]:
     """Run the block on a scheduler: ``"threads"``, ``"local"`` (a LocalCluster,
@@ -247,16 +354,18 @@ def scheduler_context(spec: str, workers: int | None = None, *,
 
     if spec == "local":
         n = workers or os.cpu_count() or 1
-        with (
-            _short_developer_logs(),  # read when the scheduler, workers and client start
-            LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
-            if announce:
-                print(f"ctvol: LocalCluster with {n} workers, dashboard "
-                      f"{client.dashboard_link}", flush=True)
-            yield client
+        with _short_developer_logs():  # read when the scheduler, workers and client start
+            with _workers_ignore_sigint():
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0")
+            with cluster, Client(cluster) as client:
+                from ._worker_logging import QuietCancel
+
+                client.register_plugin(QuietCancel(), name="ctvol-quiet-cancel")
+                if announce:
+                    print(f"ctvol: LocalCluster with {n} workers, dashboard "
+                          f"{client.dashboard_link}", flush=True)
+                yield client
     else:
         with _short_developer_logs(), Client(spec) as client:
             yield client

@@ -46,7 +46,7 @@ BASELINE = "linear"
 #: The two conventions every report carries, primary first.
 CONVENTIONS = {
     "generated": "per-slice metrics over generated slices only, averaged over slices "
-                 "(the paper's Table 2; primary)",
+                 "(Table 2 of Nishimoto et al., 2024; primary)",
     "volume": "per-series metrics over the whole reconstructed volume, kept slices "
               "included (MSE over all voxels, PSNR from that MSE, SSIM averaged over all "
               "slices), then averaged over series",

@@ -86,7 +86,18 @@ def example(rep: EvaluationReport, case: _Case, path: pathlib.Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def differences(rep: EvaluationReport, k: int, stride: int, path: pathlib.Path) -> None:
+def _readable_ticks(ax: Any) -> None:
+    """Few, full tick labels: whole counts on y, 3 significant digits on x and no
+    shared offset such as "1e-5" in a corner (MSE differences are ~1e-5)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.tick_params(labelsize=7)
+
+
+def differences(rep: EvaluationReport, k: int, stride: int, path: pathlib.Path) -> Any:
     t = rep.table
     diff = next(m for m in t.method.unique() if " - " in m)
     fig = _figure(10, 3)
@@ -101,13 +112,15 @@ def differences(rep: EvaluationReport, k: int, stride: int, path: pathlib.Path) 
             ax.axvline(row["mean"], color="C3", lw=1.2, label=f"mean {row['mean']:.3g}")
             ax.legend(fontsize=7)
         p = "—" if row["p"] is None or not np.isfinite(row["p"]) else f"{row['p']:.2g}"
-        ax.set_title(f"{_LABELS[metric]}: {diff}\nn = {int(row['n'])}, paired t p = {p}",
+        ax.set_title(f"{_LABELS[metric]}: {diff}\nn = {int(row['n'])}, paired t-test p = {p}",
                      fontsize=8)
         ax.set_xlabel("per-slice difference", fontsize=8)
+        _readable_ticks(ax)
     axes[0].set_ylabel("generated slices", fontsize=8)
     fig.suptitle(f"factor {k}: per-slice differences (positive PSNR/SSIM, negative MSE: "
                  f"{diff.split(' - ')[0]} better)", fontsize=9)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def worst(rep: EvaluationReport, k: int, path: pathlib.Path) -> None:
@@ -118,6 +131,7 @@ def worst(rep: EvaluationReport, k: int, path: pathlib.Path) -> None:
     fig = _figure(2.0 * cols, 2.2 * len(picks))
     axes = fig.subplots(len(picks), cols, squeeze=False)
     main = methods[-1] if methods[-1] != "linear" or len(methods) == 1 else methods[0]
+    gains: list[float] = []  # PSNR of main minus linear, per pick (dB)
     for row, (ci, g) in enumerate(picks):
         case = rep._cases[ci]
         j, r = divmod(g, case.factor)
@@ -125,9 +139,13 @@ def worst(rep: EvaluationReport, k: int, path: pathlib.Path) -> None:
         real = slices["real"][r]
         _show(axes[row, 0], real, win, f"{_short(case.key)}\nslice {int(case.index[g])}, "
                                        f"z {case.z[g]:.1f} mm: real")
+        psnr = {}
         for c, meth in enumerate(methods, start=1):
             m = slice_metrics(real, slices[meth][r], window=win)[0]
+            psnr[meth] = float(m[0])
             _show(axes[row, c], slices[meth][r], win, f"{meth}\n{_title(m)}")
+        if "linear" in psnr and main != "linear":
+            gains.append(psnr[main] - psnr["linear"])
         err = np.abs(slices[main][r].astype(np.float32) - real.astype(np.float32))
         ax = axes[row, -1]
         im = ax.imshow(err, cmap="magma", vmin=0, vmax=max(float(np.percentile(err, 99.5)), 1.0))
@@ -135,10 +153,21 @@ def worst(rep: EvaluationReport, k: int, path: pathlib.Path) -> None:
         ax.set_yticks([])
         ax.set_title(f"|{main} − real| (HU)", fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    what = ("largest PSNR loss against linear" if len(methods) > 1 and "linear" in methods
-            else "lowest PSNR")
-    fig.suptitle(f"factor {k}: the {len(picks)} generated slices with the {what}", fontsize=9)
+    fig.suptitle(f"factor {k}: {worst_title(len(picks), main, gains)}", fontsize=9)
     fig.savefig(path, dpi=110)
+
+
+def worst_title(n: int, main: str, gains: list[float]) -> str:
+    """What the "worst slices" figure shows: losses only when every pick is one."""
+    finite = [g for g in gains if np.isfinite(g)]
+    if not gains:
+        return f"the {n} generated slices with the lowest PSNR"
+    losses = sum(g < 0 for g in finite)
+    if finite and losses == len(gains):
+        return f"the {n} generated slices where {main} loses most PSNR against linear"
+    span = (f"; gain {min(finite):+.2f} to {max(finite):+.2f} dB" if finite else "")
+    return (f"the {n} generated slices where {main} gains least PSNR over linear "
+            f"({losses} of them losses{span})")
 
 
 def draw_all(rep: EvaluationReport, folder: pathlib.Path) -> list[str]:

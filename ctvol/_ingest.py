@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import GeometryWarning, NoInputError
+from .io.store import SERIES_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,12 +24,6 @@ __all__ = ["IngestReport", "ingest"]
 #: make tasks of ~0.1-0.5 s, and at least ~16 tasks when there are enough files.
 HEADER_BATCH = (32, 256)
 
-SERIES_COLUMNS = [
-    "key", "status", "reason", "detail", "series_uid", "series_number", "description",
-    "n_files", "n_slices", "rows", "cols", "dz", "dy", "dx", "tilt_deg", "warnings",
-]
-
-
 @dataclass
 class IngestReport:
     """What :func:`ingest` did.
@@ -41,9 +36,9 @@ class IngestReport:
         One row per input file of this run: path, status (``stored`` or
         ``excluded``), reason code, detail, series key.
     series : pandas.DataFrame
-        One row per series written (status ``ok``) or left as it was
-        (``unchanged``), and per group excluded or refused, with shape,
-        spacing (mm), tilt and warnings.
+        One row per series (status ``ok``; ``last_run`` ``written`` by this
+        run or found ``unchanged``), and per group excluded or refused, with
+        shape, spacing (mm), tilt and warnings: the catalog's columns.
     written, unchanged : list of str
         Keys written by this run, and complete keys it found identical.
     """
@@ -68,7 +63,7 @@ class IngestReport:
     def summary(self) -> str:
         """The series table as text, with a one-line headline."""
         s = self.series
-        ok = s[s["status"].isin(["ok", "unchanged"])]
+        ok = s[s["status"] == "ok"]
         head = (
             f"{len(self.files)} files -> {len(ok)} series in {self.store} "
             f"({len(self.written)} written, {len(self.unchanged)} unchanged); "
@@ -86,20 +81,19 @@ def format_series_table(series: pd.DataFrame) -> str:
 
     if series.empty:
         return "(empty catalog)"
-    # The key goes last and whole: it is what users copy into open_series.
-    cols = ["status", "reason", "n_files", "n_slices", "rows", "cols", "dz", "dy",
+    # The catalog's own column names (ctvol.catalog), in its order but for the
+    # key, which goes last and whole: it is what users copy into open_series.
+    cols = ["status", "last_run", "reason", "n_files", "n_slices", "rows", "cols", "dz", "dy",
             "tilt_deg", "description", "key"]
     t = series[[c for c in cols if c in series]].copy()
     t["description"] = [d if len(d) <= 24 else d[:23] + "…" for d in t["description"]]
     for c in ("dz", "dy", "tilt_deg"):
         if c in t:
             t[c] = [("" if pd.isna(v) else f"{v:.4g}") for v in t[c]]
-    t = t.rename(columns={"n_files": "files", "n_slices": "slices", "dz": "dz_mm",
-                          "dy": "dy_mm", "tilt_deg": "tilt_deg"})
     with pd.option_context("display.width", 200, "display.max_colwidth", 100,
                            "display.max_rows", 500):
         left = {c: f"{{:<{max(t[c].str.len().max(), len(c))}}}".format
-                for c in ("reason", "description", "key")}
+                for c in ("last_run", "reason", "description", "key")}
         return t.to_string(index=False, formatters=left, justify="left")
 
 
@@ -181,13 +175,19 @@ def ingest(
     from .io.dicom import find_files, read_headers
 
     so = dict(storage_options or {}) or None
-    st.hu_codec(compressor)  # validate before touching anything
+    from ._options import check
+
+    check("ingest", {"modalities": list(modalities), "split_gaps": split_gaps,
+                     "max_obliquity_deg": max_obliquity_deg})  # before touching anything
+    st.hu_codec(compressor)
     url = st._url(store)
-    root = st.open_store(url, create=True, storage_options=so)  # fail fast on a bad path
+    st.check_store_path(url, create=True)  # fail fast on a bad path, creating nothing
 
     paths = find_files(inputs)
-    if not paths:
+    if not paths:  # before the store is created: a failed ingest leaves no empty store
         raise NoInputError(f"no files found under {inputs!r}: nothing to ingest")
+    root = st.open_store(url, create=True, storage_options=so)
+    st.mark_ingest_running(root)  # cleared when the catalog is written
 
     lo, hi = HEADER_BATCH
     size = min(hi, max(lo, -(-len(paths) // 16)))
@@ -235,7 +235,7 @@ def ingest(
     files_all, series_all = _merge_catalog(url, so, files_df, series_df)
     summary = {
         "n_files": len(files_all),
-        "n_series": int(series_all["status"].isin(["ok", "unchanged"]).sum()),
+        "n_series": int((series_all["status"] == "ok").sum()),
         "n_excluded_files": int((files_all["status"] == "excluded").sum()),
         "ctvol_version": __version__,
     }
@@ -292,15 +292,18 @@ def _tables(
     for plan in plans:
         h = plan.first
         res = results.get(plan.key)
+        # A re-run keeps the status; what this run did goes in last_run.
         if plan.key in unchanged:
-            status, reason, detail = "unchanged", "", "already complete and identical in the store"
+            status, last, reason = "ok", "unchanged", ""
+            detail = "already complete and identical in the store"
         elif res is not None and res["ok"]:
-            status, reason, detail = "ok", "", ""
+            status, last, reason, detail = "ok", "written", "", ""
         else:
-            status, reason = "failed", "decode-failed"
+            status, last, reason = "failed", "failed", "decode-failed"
             detail = res["error"] if res else "not written"
         rows.append({
-            "key": plan.key, "status": status, "reason": reason, "detail": detail,
+            "key": plan.key, "status": status, "last_run": last, "reason": reason,
+            "detail": detail,
             "series_uid": h.series_uid, "series_number": h.series_number if h.series_number
             is not None else -1, "description": h.series_description,
             "n_files": len(plan.headers), "n_slices": len(plan.headers) if status != "failed"
@@ -342,7 +345,8 @@ def _tables(
 def _group_row(key: str, status: str, reason: str, detail: str, uid: str, n: int,
                desc: str) -> dict[str, Any]:
     nan = float("nan")
-    return {"key": key, "status": status, "reason": reason, "detail": detail,
+    return {"key": key, "status": status, "last_run": "", "reason": reason,
+            "detail": detail,
             "series_uid": uid, "series_number": -1, "description": desc, "n_files": n,
             "n_slices": 0, "rows": 0, "cols": 0, "dz": nan, "dy": nan, "dx": nan,
             "tilt_deg": nan, "warnings": ""}

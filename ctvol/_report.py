@@ -246,12 +246,24 @@ def summary(rep: EvaluationReport, *, convention: str = "generated",
     for (k, meth), g in sel.groupby(["factor", "method"], sort=False):
         g = g.set_index("metric")
         if " - " in meth:
-            cols[(f"x{k}", f"p ({meth})")] = g["p"]
+            cols[(f"x{k}", f"{P_COLUMN} ({meth})")] = g["p"]
         else:
             cols[(f"x{k}", meth)] = g["mean"]
     out = pd.DataFrame(cols).reindex(list(METRICS))
     out.columns = pd.MultiIndex.from_tuples(out.columns, names=["factor", ""])
     return out
+
+
+#: The name of the p-value column (CLI table, summary(), report.md) and what it means.
+P_COLUMN = "paired t-test p"
+P_EXPLAINED = ("paired t-test p: the two-sided p-value of a paired t-test on the per-slice "
+               "differences (e.g. unet - linear) over the same generated slices "
+               "(scipy.stats.ttest_rel); a small p (say < 0.05) says the mean difference is "
+               "unlikely to be chance, its sign says which method is better (positive PSNR "
+               "and SSIM, negative MSE: the first method)")
+#: The method ctvol implements, cited in every report.
+PAPER = ('Nishimoto et al., 2024, "Generating intermediate slices with U-nets in '
+         'craniofacial CT images", preprint')
 
 
 def _missing(v: Any) -> bool:
@@ -287,7 +299,7 @@ def _table2(sel: pd.DataFrame, factors: list[int], unit: str) -> list[str]:
         for meth in sk.method.unique():
             g = sk[sk.method == meth].set_index("metric")
             paired = " - " in meth
-            heads.append(f"x{k} p ({meth})" if paired else f"x{k} {meth}")
+            heads.append(f"x{k} {P_COLUMN} ({meth})" if paired else f"x{k} {meth}")
             for m in METRICS:
                 r = g.loc[m]
                 if paired:
@@ -299,7 +311,10 @@ def _table2(sel: pd.DataFrame, factors: list[int], unit: str) -> list[str]:
         ns.append(f"x{k}: n = {int(first['n']) + int(first['n_exact'])} {unit}")
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(cells[m]) + " |" for m in METRICS]
-    lines += ["", "mean ± sd; " + "; ".join(ns), ""]
+    lines += ["", "mean ± sd; " + "; ".join(ns)]
+    if any(" - " in h for h in heads):
+        lines += ["", f"_{P_EXPLAINED}_"]
+    lines.append("")
     exact = sel[(sel.metric == "psnr") & (sel.n_exact > 0) & ~sel.method.str.contains(" - ")]
     for _, r in exact.iterrows():
         lines.append(f"- x{r['factor']} {r['method']}: {r['n_exact']} {unit} reproduced "
@@ -326,7 +341,9 @@ def markdown(rep: EvaluationReport) -> str:
     t = rep.table
     info = rep.info
     lines = ["# ctvol evaluation report", ""]
-    lines += [f"- data: {info['store'] or 'an in-memory volume'}; "
+    lines += [f"- protocol: {PAPER} (Table 2 layout: generated slices compared with the "
+              "real slices they replace)",
+              f"- data: {info['store'] or 'an in-memory volume'}; "
               f"{len(info['data']['evaluated'])} series evaluated, "
               f"{len(info['data']['skipped'])} (series, factor) skipped",
               f"- methods: {', '.join(info['methods'])}; factors: "

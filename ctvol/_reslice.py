@@ -199,7 +199,11 @@ def reslice(
         Re-slice factor k >= 2: the output spacing is dz / k.
     spacing : float, optional
         Target spacing in mm instead of ``factor`` (see :func:`plan_factor`);
-        with ``method="unet"`` only factors of the available models count.
+        with ``method="unet"`` only factors of the available models count. A
+        series already at the target passes through unchanged (``generated``
+        all false, ``attrs["reslice"]["unchanged"]``, its history says so); a
+        target coarser than the series is refused (reslice never drops
+        acquired slices).
     method : {"auto", "unet", "linear"}, default "auto"
         ``"linear"`` is the paper's baseline (distance-weighted average);
         ``"unet"`` forces the U-net. ``"auto"`` runs :func:`self_check` on
@@ -231,7 +235,8 @@ def reslice(
     ValueError
         Bad factor, method, batch size, or an unreachable spacing.
     GeometryError
-        Fewer than 2 slices, or uneven spacing.
+        Fewer than 2 slices, uneven spacing, or a target spacing coarser than
+        the series.
     FileNotFoundError
         ``method="unet"`` without a model for the factor.
 
@@ -273,6 +278,19 @@ def reslice(
             f"(expected {dz:.4g} mm). Ingest splits such series into contiguous runs "
             "(ctvol.ingest(..., split_gaps=True), keys ending _r1, _r2); reslice each run"
         )
+
+    if spacing is not None:
+        if not spacing > 0:
+            raise ValueError(f"spacing must be > 0 mm, got {spacing!r}")
+        if abs(spacing - dz) <= RTOL * spacing:
+            return _unchanged(ds, z, dz, method)
+        if spacing > dz:
+            raise GeometryError(
+                f"{name} is at {dz:.4g} mm, finer than the target spacing {spacing:g} mm: "
+                "reslice generates slices between acquired ones and never drops acquired "
+                "slices (it does not downsample); choose a target spacing <= "
+                f"{dz:.4g} mm, or leave this series out"
+            )
 
     loaded = None
     factors = None
@@ -442,6 +460,28 @@ def _slice_provenance(ds: xr.Dataset, generated: np.ndarray, acquired: np.ndarra
         position.attrs = dict(pos.attrs)
         out["position"] = position
     return out
+
+
+def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Dataset:
+    """A series already at the target spacing, passed through: the same slices,
+    none generated, with the same coordinates and attrs as a resliced one."""
+    import xarray as xr
+
+    from . import __version__
+
+    attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
+    attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])),
+                              f"ctvol {__version__} reslice: already at {dz:.4g} mm, unchanged"]
+    attrs["reslice"] = {"factor": 1, "keep_every": 1, "method": method,
+                        "source_spacing_mm": dz, "model_digest": None, "unchanged": True}
+    coords: dict[str, Any] = {"z": ("z", z, ds["z"].attrs),
+                              "generated": ("z", np.zeros(z.size, bool)),
+                              "acquired_index": ("z", np.arange(z.size))}
+    for c in ("y", "x", "sop_uid", "position"):
+        if c in ds.coords:
+            coords[c] = ds[c]
+    return xr.Dataset({"hu": (("z", "y", "x"), ds["hu"].data, ds["hu"].attrs)},
+                      coords=coords, attrs=attrs)
 
 
 def _cluster_has_gpu() -> bool:

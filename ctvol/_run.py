@@ -22,15 +22,13 @@ from .errors import ConfigError
 __all__ = ["RunSummary", "load_config", "run"]
 
 STAGES = ("ingest", "curate", "reslice", "evaluate")
-_TOP = {"inputs", "store", "stages", "scheduler", "workers", *STAGES}
-_OPTIONS = {
-    "ingest": {"modalities", "split_gaps", "max_obliquity_deg", "padding_fill", "compressor"},
-    "curate": {"model", "batch_size", "tissue_hu", "fov_hu", "min_fraction"},
-    "reslice": {"output", "factor", "spacing", "method", "model", "batch_size", "device",
-                "compressor"},
-    "evaluate": {"output", "factor", "methods", "model", "strides", "batch_size", "device",
-                 "figures"},
+#: Top-level keys and the types they take (stage tables: ctvol._options.OPTIONS).
+_TOP: dict[str, tuple[type, ...]] = {
+    "inputs": (str, list), "store": (str,), "stages": (list,), "scheduler": (str,),
+    "workers": (int,), **dict.fromkeys(STAGES, (dict,)),
 }
+
+
 def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Read a pipeline config (YAML or TOML file, or a mapping) and check it.
 
@@ -56,32 +54,39 @@ def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> 
         else:
             raise ConfigError(f"{path}: a pipeline config is .yaml, .yml or .toml")
         base = path.resolve().parent
-    unknown = set(cfg) - _TOP
+    from ._options import check
+
+    where = str(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "config"
+    unknown = set(cfg) - set(_TOP)
     if unknown:
-        raise ConfigError(f"unknown config keys {sorted(unknown)}; valid: {sorted(_TOP)}")
+        raise ConfigError(f"{where}: unknown config keys {sorted(unknown)}; valid: "
+                          f"{sorted(_TOP)}")
+    for key, types in _TOP.items():
+        value = cfg.get(key)
+        if value is not None and key not in STAGES and (
+                not isinstance(value, types) or isinstance(value, bool)):
+            want = " or ".join({"str": "a string", "list": "a list", "int": "an integer",
+                                "dict": "a table"}[t.__name__] for t in types)
+            raise ConfigError(f"{where}: `{key}` must be {want}, got {value!r}")
     stages = cfg.get("stages") or [s for s in STAGES if s in cfg]
     bad = [s for s in stages if s not in STAGES]
     if bad:
-        raise ConfigError(f"unknown stage(s) {bad}; stages are {list(STAGES)}")
+        raise ConfigError(f"{where}: unknown stage(s) {bad}; stages are {list(STAGES)}")
     cfg["stages"] = [s for s in STAGES if s in stages]  # always in pipeline order
     for stage in STAGES:
         opts = cfg.get(stage) or {}
         if not isinstance(opts, Mapping):
-            raise ConfigError(f"[{stage}] must be a table of options, got {opts!r}")
-        extra = set(opts) - _OPTIONS[stage]
-        if extra:
-            raise ConfigError(f"[{stage}]: unknown option(s) {sorted(extra)}; valid: "
-                              f"{sorted(_OPTIONS[stage])}")
-        cfg[stage] = dict(opts)
+            raise ConfigError(f"{where}: [{stage}] must be a table of options, got {opts!r}")
+        cfg[stage] = check(stage, dict(opts), style="config", where=where)
     if "store" not in cfg:
-        raise ConfigError("the config needs `store` (the cohort store path or URL)")
+        raise ConfigError(f"{where}: the config needs `store` (the cohort store path or URL)")
     if "ingest" in cfg["stages"] and not cfg.get("inputs"):
-        raise ConfigError("the ingest stage needs `inputs` (DICOM folders or files)")
+        raise ConfigError(f"{where}: the ingest stage needs `inputs` (DICOM folders or files)")
     for stage, need in (("reslice", "output"), ("evaluate", "output")):
         if stage in cfg["stages"] and not cfg[stage].get(need):
-            raise ConfigError(f"[{stage}] needs `{need}`")
+            raise ConfigError(f"{where}: [{stage}] needs `{need}`")
     if "reslice" in cfg["stages"] and ("factor" in cfg["reslice"]) == ("spacing" in cfg["reslice"]):
-        raise ConfigError("[reslice] needs exactly one of `factor` or `spacing`")
+        raise ConfigError(f"{where}: [reslice] needs exactly one of `factor` or `spacing`")
 
     def local(p: Any) -> Any:  # relative paths are relative to the config's folder
         p = str(p)
@@ -168,8 +173,9 @@ def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
     slices = 0
     for _, row in rep.series.iterrows():
         key = row.get("key")
-        status = {"ok": "done", "unchanged": "skipped"}.get(row["status"], row["status"])
-        if row["status"] == "ok":
+        status = ({"written": "done", "unchanged": "skipped"}.get(row["last_run"], "done")
+                  if row["status"] == "ok" else row["status"])
+        if status == "done":
             slices += int(row["n_slices"])
         if status in ("done", "skipped", "failed"):  # excluded files are in the catalog
             summary.series.append({"stage": "ingest", "series": key, "status": status,
@@ -310,15 +316,53 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     summary.stages[-1].update(slices=slices, output_slices=made)
 
 
+def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What an evaluation depends on: each series' source digest, the options, the
+    models' digests (a bundled default: this ctvol's version), JSON-normalised."""
+    import json
+
+    import ctvol
+
+    store = cfg["store"]
+    sources = {k: ctvol.open_series(store, k).attrs.get("sop_digest")
+               for k in ctvol.list_series(store)}
+    model = cfg["evaluate"].get("model")
+    models: Any = ctvol.__version__
+    if model is not None:
+        paths = model.values() if isinstance(model, Mapping) else (
+            [model] if isinstance(model, str) else model)
+        models = [ctvol.load_model(m).digest for m in paths]
+    stamp = {"sources": sources, "evaluate": cfg["evaluate"], "models": models}
+    return dict(json.loads(json.dumps(stamp, default=str)))
+
+
 def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
+    import json
+
     import ctvol
 
     opts = dict(cfg["evaluate"])
     out = opts.pop("output")
     figures = opts.pop("figures", True)
     factor = opts.pop("factor", 3)
+    stamp = _evaluate_stamp(cfg)
+    report = pathlib.Path(out) / "report.json"
+    try:
+        previous = json.loads(report.read_text()).get("ctvol_run")
+    except (OSError, ValueError):
+        previous = None
+    if previous == stamp:  # the same series, options and models: the report stands
+        for key in stamp["sources"]:
+            summary.series.append({"stage": "evaluate", "series": key, "status": "skipped",
+                                   "reason": "report up to date (same series, options and "
+                                             "models)"})
+        summary.stages[-1]["note"] = f"unchanged: {report}"
+        return
     rep = ctvol.evaluate(cfg["store"], factor, progress=progress, **opts)
     rep.save(out, figures=figures)
+    doc = json.loads(report.read_text())
+    doc["ctvol_run"] = stamp  # what this report was computed from (see above)
+    report.write_text(json.dumps(doc, indent=1, allow_nan=False))
     for d in rep.info["data"]["skipped"]:
         summary.series.append({"stage": "evaluate", "series": d["series"], "status": "skipped",
                                "reason": f"x{d['factor']}: {d['reason']}"})
@@ -335,6 +379,26 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
         if r["mean"] == r["mean"])
 
 
+def _job_size(cfg: dict[str, Any]) -> int | None:
+    """The run's size for ``scheduler: auto``: input files when it ingests, else the
+    store's slices (None when unknown: a URL)."""
+    import ctvol
+    from ctvol.errors import CtvolError
+
+    if "ingest" in cfg["stages"]:
+        n = 0
+        for p in cfg["inputs"]:
+            if "://" in p:
+                return None
+            n += 1 if os.path.isfile(p) else sum(len(f) for _, _, f in os.walk(p))
+        return n
+    try:
+        return sum(int(ctvol.open_series(cfg["store"], k).sizes["z"])
+                   for k in ctvol.list_series(cfg["store"]))
+    except (CtvolError, OSError):
+        return None
+
+
 def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | None = None,
         workers: int | None = None, progress: bool = True) -> RunSummary:
     """Run a cohort pipeline described by a config (see ``docs/cluster.md``).
@@ -346,8 +410,9 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
         and one table per stage (``ingest``, ``curate``, ``reslice``,
         ``evaluate``) with that stage's options.
     scheduler : str, optional
-        Overrides the config: ``"local"`` (a LocalCluster sized to the
-        machine, the default), ``"threads"``, or a scheduler address
+        Overrides the config: ``"auto"`` (the default: threads for a small
+        job, a LocalCluster for a large one; ``docs/cluster.md``), ``"local"``
+        (a LocalCluster sized to the machine), ``"threads"``, or a scheduler address
         (``tcp://host:8786``: a dask-jobqueue or Kubernetes cluster).
     workers : int, optional
         Worker processes for ``"local"``.
@@ -362,11 +427,11 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     """
     import warnings
 
-    from ._compute import scheduler_context
+    from ._compute import choose_scheduler, scheduler_context
     from .errors import CtvolWarning
 
     cfg = load_config(config)
-    spec = scheduler or cfg.get("scheduler") or "local"
+    spec = choose_scheduler(scheduler or cfg.get("scheduler") or "auto", _job_size(cfg))
     summary = RunSummary(config=cfg)
     runners = {"ingest": _stage_ingest, "curate": _stage_curate, "reslice": _stage_reslice,
                "evaluate": _stage_evaluate}

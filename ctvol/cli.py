@@ -1,53 +1,161 @@
 """The ``ctvol`` command line: ingest, reslice, upsample, shift-interleave, train, evaluate,
 curate, run, info.
 
-Commands run on a Dask scheduler: by default a LocalCluster sized to the
+Commands run on a Dask scheduler: by default (``--scheduler auto``) the
+in-process threaded scheduler for a small job and a LocalCluster sized to the
 machine (one single-threaded worker process per core: DICOM decoding holds
-the GIL), ``--scheduler threads`` for the in-process threaded scheduler, or
-``--scheduler tcp://host:8786`` for an existing cluster.
+the GIL) for a large one (docs/cluster.md); ``--scheduler local`` or
+``threads`` forces either, ``--scheduler tcp://host:8786`` uses an existing
+cluster. Options are checked before a cluster starts or any output is
+created; each stage's options come from ``ctvol._options``.
 
-Exit codes: 0 success; 1 an error (message on stderr); 3 the run completed
-but some series failed (listed in the catalog with their reason).
+Exit codes: 0 success; 1 an error (one line on stderr: ``ctvol VERB: error: ...``);
+2 a usage error (a bad flag or value); 3 the run completed but some series
+failed (listed in the catalog with their reason); 130 interrupted (Ctrl-C:
+re-run the same command to resume); 141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from . import _options
+
 EXIT_PARTIAL = 3
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
 
 
-def _scheduler(spec: str, workers: int | None) -> Any:
-    from ctvol._compute import scheduler_context
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``ctvol VERB: error: ...``, exit 2) and
+    every option's default in its help."""
 
-    return scheduler_context(spec, workers, announce=True)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _options.HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, prog: str | None = None) -> Any:  # type: ignore[override]
+        prog = prog or self.prog
+        sys.stderr.write(f"{prog}: error: {message} (see `{prog} --help`)\n")
+        sys.exit(EXIT_USAGE)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the verb they were given to, not by the top-level parser
+            verb = getattr(ns, "command", None)
+            self.error(f"unrecognized arguments: {' '.join(extras)}",
+                       f"{self.prog} {verb}" if verb else None)
+        return ns
+
+
+@contextlib.contextmanager
+def _scheduler(spec: str, workers: int | None, quiet: bool = False,
+               slices: int | None = None) -> Iterator[Any]:
+    """The scheduler context of a command; ``auto`` picks threads or a LocalCluster
+    by the job's size in slices (``ctvol._compute.choose_scheduler``)."""
+    from ctvol._compute import choose_scheduler, scheduler_context
+
+    with scheduler_context(choose_scheduler(spec, slices), workers,
+                           announce=not quiet) as client:
+        yield client
+
+
+def _count_files(inputs: Sequence[str]) -> int | None:
+    """Files under local inputs (None when an input is a URL: size unknown)."""
+    n = 0
+    for p in inputs:
+        if "://" in p:
+            return None
+        if os.path.isfile(p):
+            n += 1
+        for _, _, files in os.walk(p):
+            n += len(files)
+    return n
+
+
+def _count_slices(store: str, keys: Sequence[str]) -> int:
+    """Slices of the given series: from the ingest catalog when it lists them (one
+    read), else from each series' metadata."""
+    import ctvol
+
+    cat = ctvol.catalog(store)
+    known = dict(zip(cat["key"], cat["n_slices"], strict=True)) if len(cat) else {}
+    return sum(int(known[k]) if k in known else int(ctvol.open_series(store, k).sizes["z"])
+               for k in keys)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only errors and the final summary")
+    _add_scheduler(p)
 
 
 def _add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--scheduler", default="local", metavar="ADDRESS",
-        help="'local' (default: a LocalCluster on this machine), 'threads', "
-             "or a distributed scheduler address such as tcp://host:8786",
+        "--scheduler", default="auto", metavar="ADDRESS",
+        help="where the work runs: 'auto' (threads for a small job, a LocalCluster for a "
+             "large one: docs/cluster.md), 'local' (a LocalCluster on this machine), "
+             "'threads', or a distributed scheduler address such as tcp://host:8786",
     )
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes for --scheduler local (default: one per core)")
+                   help="worker processes for a LocalCluster (default: one per core)")
+
+
+#: The library's advice in keyword form, said with the CLI's flags.
+_CLI_WORDS = {"method='linear'": "--method linear", "method='unet'": "--method unet",
+              "method='bilinear'": "--method bilinear", "model=PATH": "--model PATH",
+              "pass model=": "pass --model "}
+
+
+def _cli_words(message: str) -> str:
+    """A library message as one line, its keyword advice said with the CLI's flags."""
+    text = " ".join(message.split())
+    for words, flags in _CLI_WORDS.items():
+        text = text.replace(words, flags)
+    return text
+
+
+def _fail(command: str, message: str, code: int = 1) -> int:
+    """Print ``ctvol COMMAND: error: MESSAGE`` (one line) on stderr; return ``code``."""
+    print(f"ctvol {command}: error: {_cli_words(message)}", file=sys.stderr, flush=True)
+    return code
+
+
+def _check_inputs(inputs: Sequence[str]) -> None:
+    from ctvol.errors import NoInputError
+
+    for p in inputs:
+        if "://" not in p and not os.path.exists(p):
+            raise NoInputError(f"input {p!r} does not exist; pass DICOM folders or files")
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     import ctvol
+    from ctvol.io.store import check_store_path
 
-    with _scheduler(args.scheduler, args.workers):
-        report = ctvol.ingest(
-            args.inputs, args.output, modalities=args.modality or ("CT",),
-            split_gaps=not args.no_split_gaps, max_obliquity_deg=args.max_obliquity,
-            compressor=args.compressor,
-            progress=not args.quiet,
-        )
-    print()
+    opts = _options.from_args("ingest", args)
+    opts["modalities"] = opts["modalities"] or _options.OPTIONS["ingest"][0].default
+    _check_inputs(args.inputs)
+    check_store_path(args.output, create=True)
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_files(args.inputs)):
+        report = ctvol.ingest(args.inputs, args.output, progress=not args.quiet, **opts)
+    if not args.quiet:
+        print()
     print(report.summary())
+    if not report.series["status"].isin(["ok", "unchanged", "failed", "refused"]).any():
+        # As dcm2niix: every file's fate is recorded, and finding nothing is an error.
+        reasons = report.files["reason"].value_counts() if len(report.files) else {}
+        why = ", ".join(f"{n} {r}" for r, n in reasons.items() if r)
+        return _fail("ingest", f"nothing ingested: none of the {len(report.files)} input files "
+                     f"belongs to a {'/'.join(opts['modalities'])} series ({why}); each "
+                     f"file's fate: `ctvol info {args.output} --files`")
     if report.failed:
         print(f"\ncompleted with {len(report.failed)} series failed: see `ctvol info "
               f"{args.output}` (status 'failed') for the reason of each", file=sys.stderr)
@@ -58,6 +166,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import ctvol
     from ctvol._ingest import format_series_table
+    from ctvol.io.store import list_incomplete
 
     if args.key:
         print(ctvol.open_series(args.store, args.key))
@@ -82,54 +191,120 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"  {key}: {ds.sizes['z']} slices ({gen} generated) of "
                   f"{ds.sizes['y']}x{ds.sizes['x']}, spacing "
                   f"{', '.join(f'{v:.4g}' for v in ds.attrs.get('spacing', []))} mm{how}")
-        return 0
-    n_ok = int(series["status"].isin(["ok", "unchanged"]).sum()) if len(series) else 0
-    n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
-    print(f"{args.store}: {n_ok} series, {len(files)} input files ({n_exc} excluded)")
-    print(format_series_table(series))
+    else:
+        n_ok = int(series["status"].isin(["ok", "unchanged"]).sum()) if len(series) else 0
+        n_exc = int((files["status"] == "excluded").sum()) if len(files) else 0
+        print(f"{args.store}: {n_ok} series, {len(files)} input files ({n_exc} excluded)")
+        print(format_series_table(series))
+    unfinished, ingest_running = list_incomplete(args.store)
+    if unfinished or ingest_running:
+        what = (f"{len(unfinished)} series not complete (readers do not see them: "
+                f"{', '.join(unfinished[:5])}{', ...' if len(unfinished) > 5 else ''})"
+                if unfinished else "its ingest never finished (no catalog written)")
+        print(f"interrupted: {what}; re-run the command that wrote this store to finish")
     return 0
 
 
 def _each_series(args: argparse.Namespace, command: str, done: str,
                  make: Callable[[Any], Any], describe: Callable[[Any, Any], str]) -> int:
     """Run ``make`` on each selected series of ``args.store`` and write the results to
-    ``args.output``; a series that fails is skipped with its reason (exit code 3)."""
+    ``args.output``; a series that fails is skipped with its reason (exit code 3).
+
+    The store, the keys and the output path are checked before a cluster starts."""
     import ctvol
     from ctvol.errors import CtvolError
+    from ctvol.io.store import check_store_path
 
     keys = args.series or ctvol.list_series(args.store)
     if not keys:
-        print(f"ctvol {command}: no complete series in {args.store}", file=sys.stderr)
-        return 1
+        return _fail(command, f"no complete series in {args.store}")
+    missing = sorted(set(keys) - set(ctvol.list_series(args.store)))
+    if missing:
+        return _fail(command, f"--series {' '.join(missing)}: not a complete series of "
+                              f"{args.store} (`ctvol info {args.store}` lists them)")
+    _check_output(args.output, args.store)
+    check_store_path(args.output, create=True)
     failed = []
-    with _scheduler(args.scheduler, args.workers):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
         for key in keys:
             try:
                 ds = ctvol.open_series(args.store, key)
                 out = make(ds)
             except (ValueError, FileNotFoundError, CtvolError) as exc:
-                print(f"skipped {key}: {exc}", file=sys.stderr)
+                print(f"ctvol {command}: series {key} skipped: {_cli_words(str(exc))}",
+                      file=sys.stderr)
                 failed.append(key)
                 continue
             if not args.quiet:
                 print(f"{key}: {describe(ds, out)}", flush=True)
-            ctvol.write(out, args.output, key, progress=not args.quiet)
+            ctvol.write(out, args.output, key, compressor=getattr(args, "compressor", "lz4"),
+                        progress=not args.quiet)
     print(f"{len(keys) - len(failed)} series {done} into {args.output}"
           + (f"; {len(failed)} skipped" if failed else ""))
     return EXIT_PARTIAL if failed else 0
 
 
+def _check_model(method: str, model: str | None, factor: int | None, *, inplane: bool = False
+                 ) -> None:
+    """``--method unet``: the checkpoint loads and fits the factor, or a bundled model
+    exists for it (checked before a cluster starts). ``--method auto`` checks a
+    given ``--model`` the same way; without one it falls back to linear itself."""
+    from ctvol.errors import OptionError
+
+    if method not in ("unet", "auto") or (method == "auto" and model is None):
+        return
+    if inplane:
+        from ctvol.models import bundled_inplane_models, load_inplane_model
+
+        if model is not None:
+            try:
+                load_inplane_model(model)
+            except (OSError, ValueError) as exc:
+                raise OptionError(f"--model {model}: {exc}") from None
+            return
+        have = bundled_inplane_models()
+        if factor not in have.values():
+            names = ", ".join(f"{n} (x{f})" for n, f in have.items()) or "none"
+            raise OptionError(f"no bundled in-plane U-net for factor {factor} (bundled: "
+                              f"{names}); give --model PATH or --method bilinear")
+        return
+    from ctvol.models import bundled_models, load_model
+
+    if model is not None:
+        try:
+            loaded = load_model(model)
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"--model {model}: {exc}") from None
+        if factor is not None and loaded.factor != factor:
+            raise OptionError(f"--model {model} generates factor {loaded.factor}, not "
+                              f"--factor {factor}; use --factor {loaded.factor} or a model "
+                              f"trained for {factor}")
+        return
+    bundled = bundled_models()
+    if factor is not None and factor not in bundled.values():
+        names = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none"
+        raise OptionError(f"no bundled U-net for factor {factor} (bundled: {names}); give "
+                          "--model PATH (train one with `ctvol train`) or --method linear")
+
+
 def _cmd_reslice(args: argparse.Namespace) -> int:
     import ctvol
 
+    opts = _options.from_args("reslice", args)
+    _check_model(opts["method"], opts["model"], opts["factor"])
+    opts.pop("compressor")  # ctvol.write's, in _each_series
+
     def make(ds: Any) -> Any:
-        return ctvol.reslice(ds, args.factor, spacing=args.spacing, method=args.method,
-                             model=args.model, batch_size=args.batch_size, device=args.device)
+        return ctvol.reslice(ds, **opts)
 
     def describe(ds: Any, out: Any) -> str:
+        n_gen = int(out.generated.sum())
+        if not n_gen and "reslice" in out.attrs and out.attrs["reslice"].get("unchanged"):
+            return f"{ds.sizes['z']} slices already at {ds.attrs['spacing'][0]:.4g} mm: unchanged"
         return (f"{ds.sizes['z']} slices at {ds.attrs['spacing'][0]:.4g} mm -> "
                 f"{out.sizes['z']} at {out.attrs['spacing'][0]:.4g} mm "
-                f"({int(out.generated.sum())} generated, {_method_text(out)})")
+                f"({n_gen} generated, {_method_text(out)})")
 
     return _each_series(args, "reslice", "resliced", make, describe)
 
@@ -146,6 +321,13 @@ def _method_text(out: Any) -> str:
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
     import ctvol
+    from ctvol.errors import OptionError
+
+    if args.factor < 2:
+        raise OptionError(f"--factor must be an integer >= 2, got {args.factor}")
+    if args.batch_size < 1:
+        raise OptionError(f"--batch-size must be an integer >= 1, got {args.batch_size}")
+    _check_model(args.method, args.model, args.factor, inplane=True)
 
     def make(ds: Any) -> Any:
         return ctvol.upsample_inplane(ds, args.factor, method=args.method, model=args.model,
@@ -243,7 +425,8 @@ def _cmd_shift_interleave(args: argparse.Namespace) -> int:
         # starts; the graph is built again inside the scheduler context, where
         # a cluster's GPU workers can be seen (nothing is computed either time).
         _shift_interleave_result(args)
-        with _scheduler(args.scheduler, args.workers):
+        with _scheduler(args.scheduler, args.workers, args.quiet,
+                        slices=_count_slices(args.store, [args.key])):
             ds, out = _shift_interleave_result(args)
             info = out.attrs["shift_interleave"]
             if not args.quiet:
@@ -282,39 +465,50 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import ctvol
     from ctvol.errors import EvaluationWarning
 
+    opts = _options.from_args("evaluate", args)
     series: Any = None
     if args.series:
         pairs = dict(args.series)
         series = (pairs if any(v is not None for v in pairs.values()) else list(pairs))
         if isinstance(series, dict):
             series = {k: (v if v is not None else slice(None)) for k, v in series.items()}
+    keys = list(dict(args.series)) if args.series else ctvol.list_series(args.store)
     model: Any = None
-    if args.model:
-        loaded = [ctvol.load_model(m) for m in args.model]
+    if opts["model"] and "unet" in opts["methods"]:
+        from ctvol.errors import OptionError
+
+        try:
+            loaded = [ctvol.load_model(m) for m in opts["model"]]
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"--model: {exc}") from None
         model = {m.factor: m for m in loaded}
-    with _scheduler(args.scheduler, args.workers):
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
         try:
             with warnings.catch_warnings():  # shown once, after the tables
                 warnings.simplefilter("ignore", EvaluationWarning)
-                rep = ctvol.evaluate(args.store, args.factor, methods=args.method,
-                                     model=model, series=series, strides=args.stride,
-                                     batch_size=args.batch_size, device=args.device,
+                rep = ctvol.evaluate(args.store, opts["factor"], methods=opts["methods"],
+                                     model=model, series=series, strides=opts["strides"],
+                                     batch_size=opts["batch_size"], device=opts["device"],
                                      progress=not args.quiet)
         except ValueError as exc:  # bad factor/model combination, nothing evaluable
-            print(f"ctvol evaluate: error: {exc}", file=sys.stderr)
-            return 1
-        out = rep.save(args.output, figures=not args.no_figures)
+            return _fail("evaluate", str(exc))
+        out = rep.save(args.output, figures=opts["figures"])
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.float_format", "{:.4g}".format):
         for conv in ("generated", "volume"):
             print(f"\n{conv}: {ctvol._evaluate.CONVENTIONS[conv]}")
-            print(rep.summary(convention=conv, stride=min(args.stride)).to_string(na_rep="—"))
+            print(rep.summary(convention=conv, stride=min(opts["strides"])).to_string(na_rep="—"))
+        if any(" - " in m for m in rep.table.method.unique()):
+            from ctvol._report import P_EXPLAINED
+
+            print(f"\n{P_EXPLAINED}")
     skipped = rep.info["data"]["skipped"]
     for w in rep.info["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"ctvol: warning: {w}", file=sys.stderr)
     for d in skipped:
-        print(f"skipped {d['series']} x{d['factor']} stride {d['stride']}: {d['reason']}",
-              file=sys.stderr)
+        print(f"ctvol evaluate: skipped {d['series']} x{d['factor']} stride {d['stride']}: "
+              f"{d['reason']}", file=sys.stderr)
     print(f"\nreport written to {out}/ (report.md, report.json, figures/)")
     return EXIT_PARTIAL if skipped else 0
 
@@ -336,11 +530,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    from ctvol import curate_store
+    import ctvol
 
-    with _scheduler(args.scheduler, args.workers):
-        table = curate_store(args.store, keys=args.series, model=args.model,
-                             min_fraction=args.min_fraction, progress=not args.quiet)
+    opts = _options.from_args("curate", args)
+    keys = args.series or ctvol.list_series(args.store)  # a store, before a cluster starts
+    if opts["model"] is not None:
+        from ctvol.curation import load_slice_model
+        from ctvol.errors import OptionError
+
+        try:  # checked here; the path goes to the workers, each loads it once
+            load_slice_model(opts["model"])
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"--model {opts['model']}: {exc}") from None
+    with _scheduler(args.scheduler, args.workers, args.quiet,
+                    slices=_count_slices(args.store, keys)):
+        table = ctvol.curate_store(args.store, keys=keys, progress=not args.quiet, **opts)
     print()
     print(table.to_string(index=False))
     empty = table[table["kept"] == 0]
@@ -366,54 +570,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ctvol import __version__
 
-    parser = argparse.ArgumentParser(prog="ctvol", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="ctvol", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"ctvol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="DICOM files/folders -> cohort store")
     p.add_argument("inputs", nargs="+", help="DICOM folders or files (local or fsspec URLs)")
     p.add_argument("-o", "--output", required=True, help="cohort store (.zarr path or URL)")
-    p.add_argument("--modality", action="append",
-                   help="modality to ingest (repeatable; default CT)")
-    p.add_argument("--no-split-gaps", action="store_true",
-                   help="refuse series with gaps instead of splitting them into runs")
-    p.add_argument("--max-obliquity", type=float, default=45.0, metavar="DEG",
-                   help="largest slice-normal angle from patient z kept as axial (default 45)")
-    p.add_argument("--compressor", choices=["lz4", "zstd"], default="lz4",
-                   help="lossless codec for HU: lz4 (fast, default) or zstd (~15%% smaller)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_scheduler(p)
+    _options.add_arguments(p, "ingest")
+    _add_common(p)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("reslice", help="generate inter-slice slices: cohort store -> store")
     p.add_argument("store", help="input cohort store")
     p.add_argument("-o", "--output", required=True, help="output store (.zarr path or URL)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--factor", type=int, help="re-slice factor k (output dz = dz / k)")
-    target.add_argument("--spacing", type=float, metavar="MM", help="target slice spacing (mm)")
-    p.add_argument("--method", choices=["auto", "unet", "linear"], default="auto",
-                   help="auto (default): per series, the U-net only where a self-check on "
-                        "the series' own slices shows it beats linear; unet or linear force one")
-    p.add_argument("--model", help="checkpoint folder or bundled model name (method unet/auto)")
-    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
-    p.add_argument("--batch-size", type=int, default=16, help="slice pairs per forward pass")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda when available")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_scheduler(p)
+    _options.add_arguments(target, "reslice", only=("factor", "spacing"))
+    _options.add_arguments(p, "reslice", skip=("factor", "spacing"))
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series (default: all)")
+    _add_common(p)
     p.set_defaults(func=_cmd_reslice)
 
     p = sub.add_parser("upsample", help="in-plane super-resolution: cohort store -> store")
     p.add_argument("store", help="input cohort store")
     p.add_argument("-o", "--output", required=True, help="output store (.zarr path or URL)")
-    p.add_argument("--factor", type=int, default=2, help="in-plane factor (default 2)")
-    p.add_argument("--method", choices=["unet", "bilinear"], default="unet")
-    p.add_argument("--model", help="in-plane checkpoint folder or bundled name (method unet)")
-    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
+    p.add_argument("--factor", type=int, default=2, help="in-plane factor")
+    p.add_argument("--method", choices=["unet", "bilinear"], default="unet",
+                   help="in-plane U-net or the bilinear baseline")
+    p.add_argument("--model", help="in-plane checkpoint folder or bundled name (--method unet; "
+                                   "default: the bundled model for the factor)")
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_scheduler(p)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="'cuda' or 'cpu' (default: cuda when available)")
+    _add_common(p)
     p.set_defaults(func=_cmd_upsample)
 
     p = sub.add_parser("export", help="store -> NIfTI files or derived DICOM series (resumable)")
@@ -440,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, nargs="+", required=True, metavar="K",
                    help="factor k (one, or one per --axis): output spacing = spacing / k")
     p.add_argument("--axis", nargs="+", choices=["z", "y", "x"], default=["z"],
-                   help="axes to refine (default z; slice classifiers: z only)")
+                   help="axes to refine (slice classifiers: z only)")
     p.add_argument("--fuse", choices=["vote", "mean"], default=None,
                    help="fuse overlapping predictions: vote on labels (implies --labels) or "
                         "mean of probabilities (default: pure interleave)")
@@ -452,24 +642,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("-o", "--output", required=True,
                    help="output Zarr store (v3); the result goes to group KEY")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_scheduler(p)
+    _add_common(p)
     p.set_defaults(func=_cmd_shift_interleave)
 
     p = sub.add_parser("train", help="train a reslice U-net from a cohort store (resumable)")
     p.add_argument("store", help="cohort store")
-    p.add_argument("--factor", type=int, required=True)
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--factor", type=int, required=True, help="re-slice factor k the model learns")
+    p.add_argument("--epochs", type=int, required=True, help="epochs to train (in total)")
     p.add_argument("-o", "--out", required=True, help="output folder (last/, best/, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=4, help="windows per optimiser step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--crop", type=int, default=128, help="training crop in pixels (0: none)")
-    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--depth", type=int, default=4, help="U-net levels")
     p.add_argument("--base", type=int, default=16, help="filters of the first level")
-    p.add_argument("--output-kind", choices=["sigmoid", "residual"], default="sigmoid")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--max-windows", type=int, default=None, help="training windows per epoch")
+    p.add_argument("--output-kind", choices=["sigmoid", "residual"], default="sigmoid",
+                   help="sigmoid: the paper's U-net; residual: a correction to linear")
+    p.add_argument("--no-augment", action="store_true", help="no flips/scale/noise augmentation")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="training windows per epoch (default: all)")
     p.add_argument("--partitions", choices=["train-val", "train-val-test"], default="train-val",
                    help="train-val-test keeps a 10%% test partition nothing in training sees")
     p.add_argument("--keep-blank", action="store_true",
@@ -482,70 +673,144 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", choices=["loss", "psnr"], default="loss",
                    help="best epoch by validation loss or validation PSNR (default: loss)")
     p.add_argument("--body-fraction", type=float, default=0.0,
-                   help="minimum fraction of body pixels (> -500 HU) in a crop (default 0)")
-    p.add_argument("--loss", choices=["l1", "mse"], default="l1", help="training loss")
+                   help="minimum fraction of body pixels (> -500 HU) in a crop (default: 0.0)")
+    p.add_argument("--loss", choices=["l1", "mse"], default="l1",
+                   help="training loss: mean absolute or squared error (default: l1)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="'cuda' or 'cpu' (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only errors and the final summary")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="hold-out evaluation of reslice methods -> report folder")
     p.add_argument("store", help="cohort store")
-    p.add_argument("--factor", type=int, nargs="+", default=[3], help="factor(s) k (default 3)")
     p.add_argument("-o", "--output", required=True, help="report folder")
-    p.add_argument("--method", nargs="+", choices=["linear", "unet", "auto"],
-                   default=["linear", "unet", "auto"],
-                   help="methods compared (default: linear unet auto); each is paired-t-tested "
-                        "against linear")
-    p.add_argument("--model", action="append",
-                   help="checkpoint folder or bundled name (repeat, one per factor; default: "
-                        "the bundled model of each factor)")
+    _options.add_arguments(p, "evaluate", model={"action": "append", "nargs": None})
     p.add_argument("--series", nargs="+", type=_series_arg, metavar="KEY[:START:STOP]",
-                   help="only these series, optionally a slice range of each")
-    p.add_argument("--stride", type=int, nargs="+", default=[1],
-                   help="1: pairs (i, i+k); 2 adds the doubled-stride sets (default 1)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    p.add_argument("--no-figures", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_scheduler(p)
+                   help="only these series, optionally a slice range of each (default: all)")
+    _add_common(p)
     p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("curate", help="classify every slice (blank or not); store the labels")
     p.add_argument("store", help="cohort store")
-    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series")
-    p.add_argument("--model", help="slice classifier checkpoint (default: the blank rule)")
-    p.add_argument("--min-fraction", type=float, default=0.002,
-                   help="blank rule: smallest thick-tissue fraction of the FOV (default 0.002)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_scheduler(p)
+    p.add_argument("--series", nargs="+", metavar="KEY", help="only these series (default: all)")
+    _options.add_arguments(p, "curate")
+    _add_common(p)
     p.set_defaults(func=_cmd_curate)
 
     p = sub.add_parser("run", help="run a cohort pipeline from a .yaml/.toml config")
     p.add_argument("config", help="pipeline config (docs/cluster.md)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="override the config: 'local', 'threads' or tcp://host:8786")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+                   help="override the config's `scheduler` (itself 'auto' when absent): 'auto', "
+                        "'local', 'threads' or tcp://host:8786")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for a local cluster (default: one per core)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only errors and the final summary")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("info", help="print a store's catalog")
-    p.add_argument("store")
+    p.add_argument("store", help="cohort store")
     p.add_argument("key", nargs="?", help="show one series (its Dataset) instead")
     p.add_argument("--files", action="store_true", help="one row per input file with its fate")
     p.set_defaults(func=_cmd_info)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _message(exc: BaseException) -> str:
+    """An exception as one line, in words (no ``[Errno 13]``, no quotes around a KeyError)."""
     from ctvol.errors import CtvolError
 
+    if isinstance(exc, OSError) and not isinstance(exc, CtvolError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def _quiet_shutdown() -> None:
+    """Silence distributed's logging while a cluster is torn down after Ctrl-C (its
+    workers and comms log every cancelled task and closed stream)."""
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    import signal
+
+    _quiet_shutdown()
+    # A second Ctrl-C while the cluster closes ends the process at once.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _cli_warnings(quiet: bool) -> Iterator[None]:
+    """Warnings as ``ctvol: warning: ...`` lines on stderr, each once (none with -q:
+    ctvol's warnings are also recorded in the catalog or the report)."""
+    import warnings
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if not quiet:
+            print(f"ctvol: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # the filters stay Python's (and the user's -W)
+        warnings.showwarning = show
+        yield
+
+
+def _stdout_closed() -> None:
+    """stdout's reader went away (``| head``): point stdout at /dev/null so the
+    interpreter's final flush does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``ctvol`` command; return its exit code (see the module docstring).
+
+    Every error ends as one ``ctvol VERB: error: ...`` line on stderr, never a
+    traceback (set ``CTVOL_DEBUG=1`` to see the traceback of an unexpected one).
+    """
+    import signal
+    import threading
+
+    from ctvol.errors import CtvolError, OptionError
+
     args = build_parser().parse_args(argv)
+    command = args.command
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_interrupt) if main_thread else None
     try:
-        return int(args.func(args))
-    except (CtvolError, FileNotFoundError) as exc:
-        print(f"ctvol {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        with _cli_warnings(getattr(args, "quiet", False)):
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        _quiet_shutdown()
+        with contextlib.suppress(OSError):
+            print(f"ctvol {command}: interrupted; re-run the same command to resume",
+                  file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _stdout_closed()
+        return EXIT_PIPE
+    except OptionError as exc:
+        return _fail(command, str(exc), EXIT_USAGE)
+    except (CtvolError, OSError, ValueError, KeyError) as exc:
+        return _fail(command, _message(exc))
+    except Exception as exc:
+        if os.environ.get("CTVOL_DEBUG"):
+            raise
+        return _fail(command, f"unexpected {type(exc).__name__}: {_message(exc)} (a bug: "
+                              "please report it; CTVOL_DEBUG=1 shows the traceback)")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ __all__ = [
     "LabelError",
     "NoInputError",
     "OutputExistsError",
+    "OptionError",
     "PredictError",
     "SeriesNotFoundError",
     "StoreError",
@@ -72,6 +73,11 @@ class OutputExistsError(CtvolError, FileExistsError):
 
 class ConfigError(CtvolError, ValueError):
     """A pipeline config that cannot run (unknown keys or stages, missing values)."""
+
+
+class OptionError(CtvolError, ValueError):
+    """An option the verb does not take, or a value out of its range (named as given:
+    a keyword, a ``--flag``); the command line reports it as a usage error."""
 
 
 class CtvolWarning(UserWarning):

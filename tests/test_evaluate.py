@@ -175,7 +175,10 @@ def test_report_files(tmp_path: pathlib.Path) -> None:
     assert len(doc["table"]) == len(rep.table)
     md = (out / "report.md").read_text()
     for needle in ("| PSNR (dB) |", "| SSIM |", "| MSE |", "x3 linear", "x4 unet",
-                   "x3 p (unet - linear)", "Whole volume"):
+                   "x3 paired t-test p (unet - linear)", "Whole volume",
+                   "_paired t-test p: the two-sided p-value of a paired t-test",
+                   'Nishimoto et al., 2024, "Generating intermediate slices with U-nets in '
+                   'craniofacial CT images", preprint'):
         assert needle in md
     figs = sorted(p.name for p in (out / "figures").iterdir())
     assert figs == ["differences_x3.png", "differences_x4.png", "example_x3.png",
@@ -184,7 +187,8 @@ def test_report_files(tmp_path: pathlib.Path) -> None:
         assert (out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     wide = rep.summary()
     assert list(wide.index) == ["psnr", "ssim", "mse"]
-    assert ("x3", "unet") in wide.columns and ("x4", "p (unet - linear)") in wide.columns
+    assert ("x3", "unet") in wide.columns
+    assert ("x4", "paired t-test p (unet - linear)") in wide.columns
 
 
 def test_worst_slices_are_the_largest_losses() -> None:
@@ -361,3 +365,29 @@ def test_training_overlap_uses_z_not_indices(sample_store: str) -> None:
     with pytest.warns(EvaluationWarning, match=r"28 of the 28 slices evaluated.*z 694.21-785.21"):
         rep = ctvol.evaluate(sample_store, 3, series=None)
     assert rep.info["warnings"]
+
+
+@pytest.mark.parametrize(("gains", "title"), [
+    ([-1.0, -0.5], "the 2 generated slices where unet loses most PSNR against linear"),
+    ([-1.0, 0.25], "the 2 generated slices where unet gains least PSNR over linear (1 of them "
+                   "losses; gain -1.00 to +0.25 dB)"),
+    ([0.5, 0.75], "gains least PSNR over linear (0 of them losses; gain +0.50 to +0.75 dB)"),
+    ([], "the 2 generated slices with the lowest PSNR"),
+])
+def test_worst_figure_is_titled_for_what_it_shows(gains: list[float], title: str) -> None:
+    from ctvol._figures import worst_title
+
+    assert title in worst_title(2, "unet", gains)
+
+
+def test_difference_histograms_have_whole_tick_labels(tmp_path: pathlib.Path) -> None:
+    from ctvol._figures import differences
+
+    rep = ctvol.evaluate(_volume(n=13, shape=(32, 32)), 3, model={3: tiny_model(3)})
+    axes = differences(rep, 3, 1, tmp_path / "d.png").axes
+    assert len(axes) == 3
+    for ax in axes:
+        ax.figure.canvas.draw()
+        assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e-5" in a corner
+        ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert all(float(t.replace("−", "-")).is_integer() for t in ticks)

@@ -16,6 +16,7 @@ from pydicom.pixels import apply_modality_lut
 import ctvol
 from ctvol.errors import GeometryWarning, NoInputError, StoreError
 from ctvol.io._series import REASONS
+from ctvol.io.store import FILE_COLUMNS, SERIES_COLUMNS
 from ctvol.testing import (
     head_phantom,
     truncate_file,
@@ -372,6 +373,7 @@ def test_reversed_instance_numbers_are_fine(tmp_path: pathlib.Path) -> None:
 def test_rerun_skips_complete_and_never_duplicates(tmp_path: pathlib.Path) -> None:
     _series(tmp_path / "in")
     first = ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr")
+    assert ctvol.catalog(first.store)["last_run"].tolist() == ["written"]
     again = ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr")
     assert again.written == [] and again.unchanged == first.written
     assert ctvol.list_series(first.store) == first.written
@@ -379,7 +381,12 @@ def test_rerun_skips_complete_and_never_duplicates(tmp_path: pathlib.Path) -> No
     assert len(files) == 6 and files["path"].is_unique
     series = ctvol.catalog(first.store)
     assert series["key"].tolist() == first.written
-    assert series["status"].tolist() == ["unchanged"]
+    # the status stays; what the re-run did is recorded in last_run
+    assert series["status"].tolist() == ["ok"]
+    assert series["last_run"].tolist() == ["unchanged"]
+    assert list(series.columns) == SERIES_COLUMNS
+    assert list(files.columns) == FILE_COLUMNS
+    assert ctvol.catalog(first.store, level="files").columns[0] == "path"
 
 
 def test_rerun_with_more_inputs_merges_catalog(tmp_path: pathlib.Path) -> None:

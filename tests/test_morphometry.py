@@ -176,5 +176,6 @@ def test_cli_upsample(sample_store: str, tmp_path: pathlib.Path,
         up.hu[:2].values,
         ctvol.upsample_inplane(src.isel(z=slice(0, 2)), 2, method="bilinear").hu.values)
     assert main(["upsample", sample_store, "-o", str(tmp_path / "x.zarr"), "--factor", "3",
-                 "--scheduler", "threads", "-q"]) == 3  # no bundled x3 model: skipped
+                 "--scheduler", "threads", "-q"]) == 2  # no bundled x3 model: a usage error
+    assert not (tmp_path / "x.zarr").exists()
     assert "no bundled in-plane U-net for factor 3" in capsys.readouterr().err

@@ -103,6 +103,28 @@ def test_spacing_target_keeps_every_mth() -> None:
     np.testing.assert_array_equal(with_model.hu.values[::2], ds.hu.values)
 
 
+@pytest.mark.parametrize("method", ["linear", "unet"])
+def test_series_already_at_the_target_spacing_passes_through(method: str) -> None:
+    ds = _volume(n=5, dz=1.0)
+    with raise_if_dask_computes():
+        out = ctvol.reslice(ds, spacing=1.0, method=method)  # unet: no model is needed
+    assert not out["generated"].values.any()
+    np.testing.assert_array_equal(out["acquired_index"].values, np.arange(5))
+    np.testing.assert_array_equal(out.z.values, ds.z.values)
+    np.testing.assert_array_equal(out.hu.values, ds.hu.values)
+    assert out.attrs["reslice"]["unchanged"] is True and out.attrs["reslice"]["factor"] == 1
+    assert out.attrs["spacing"] == [1.0, 0.5, 0.5]
+    assert "complete" not in out.attrs
+    assert out.attrs["ctvol_history"][:-1] == ["ingest"]
+    assert "already at 1 mm, unchanged" in out.attrs["ctvol_history"][-1]
+
+
+def test_target_coarser_than_the_series_is_refused() -> None:
+    with pytest.raises(GeometryError, match=r"at 1 mm, finer than the target spacing 2 mm: .*"
+                                            r"never drops acquired slices"):
+        ctvol.reslice(_volume(n=5, dz=1.0), spacing=2.0, method="linear")
+
+
 def test_unreachable_spacing_lists_reachable() -> None:
     with pytest.raises(ValueError, match=r"1.5 mm is not reachable .* reachable spacings are "
                                          r"2, 1.33333, 1, 0.8 mm"):
@@ -236,9 +258,11 @@ def test_cli_reslice(sample_store: str, tmp_path: pathlib.Path,
     np.testing.assert_array_equal(fine.hu.values[::3], src.hu.values)
     assert main(["info", out]) == 0
     assert "88 slices (58 generated) of 512x512, spacing 0.3333" in capsys.readouterr().out
-    assert main(["reslice", sample_store, "-o", out, "--factor", "2", "--method", "unet",
-                 "--scheduler", "threads", "-q"]) == 3  # no bundled U-net for 2: skipped
+    # --method unet without a bundled U-net for 2: a usage error, before any series is touched
+    assert main(["reslice", sample_store, "-o", str(tmp_path / "x2.zarr"), "--factor", "2",
+                 "--method", "unet", "--scheduler", "threads", "-q"]) == 2
     assert "no bundled U-net for factor 2" in capsys.readouterr().err
+    assert not (tmp_path / "x2.zarr").exists()
     auto_out = str(tmp_path / "auto.zarr")  # the default, auto: linear, and says why
     assert main(["reslice", sample_store, "-o", auto_out, "--factor", "2", "--scheduler",
                  "threads"]) == 0

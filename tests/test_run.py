@@ -76,9 +76,17 @@ def test_full_pipeline_then_rerun_skips_everything_done(cohort_dir: pathlib.Path
     assert first.peak_rss_mb["driver"] > 0
     again = ctvol.run(cfg, progress=False)
     stages = {s["stage"]: s for s in again.stages}
-    for stage in ("ingest", "curate", "reslice"):
+    for stage in ("ingest", "curate", "reslice", "evaluate"):
         assert stages[stage]["done"] == 0 and stages[stage]["skipped"] == 6, stage
     assert "reslice" in again.table() and "peak memory" in again.table()
+    # the catalog keeps each series' status; the no-op run is in last_run
+    cat = ctvol.catalog(tmp_path / "cohort.zarr")
+    ok = cat[cat["status"] == "ok"]
+    assert len(ok) == 6 and set(ok["last_run"]) == {"unchanged"}
+    # changed evaluate options: evaluate runs again, the rest stays skipped
+    cfg.write_text(cfg.read_text().replace("figures: false", "figures: false, strides: [1, 2]"))
+    third = {s["stage"]: s for s in ctvol.run(cfg, progress=False).stages}
+    assert third["evaluate"]["done"] == 6 and third["reslice"]["done"] == 0
 
 
 def test_changed_parameters_redo_the_stage(cohort_dir: pathlib.Path,
@@ -95,19 +103,29 @@ def test_one_bad_series_never_fails_the_cohort(cohort_dir: pathlib.Path, tmp_pat
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from ctvol.cli import main
 
-    # 1.0 mm is reachable from 3 and 5 mm (keeping every acquired slice), not from 1 mm
-    # (factors >= 2) nor 2.5 mm (k = 5, m = 2 would drop acquired slices)
+    # 1.0 mm is reachable from 3 and 5 mm (keeping every acquired slice); the 1 mm
+    # series (two runs and a tilted one) are already there and pass through unchanged;
+    # 2.5 mm cannot reach it (k = 5, m = 2 would drop acquired slices): its one failure
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"inputs: [{cohort_dir}]\nstore: c.zarr\nscheduler: threads\n"
                    "ingest: {}\nreslice: {output: f.zarr, spacing: 1.0, method: linear}\n")
     assert main(["run", str(cfg), "-q"]) == 3
     out, err = capsys.readouterr()
-    assert "completed with 4 series skipped" in err
-    assert "not reachable" in out
-    summary_keys = ctvol.list_series(tmp_path / "f.zarr")
-    assert len(summary_keys) == 2  # the 3 and 5 mm series
-    for key in summary_keys:
-        assert ctvol.open_series(tmp_path / "f.zarr", key).attrs["spacing"][0] == pytest.approx(1.0)
+    assert "completed with 1 series skipped" in err
+    assert "not reachable from dz = 2.5 mm" in out
+    keys = ctvol.list_series(tmp_path / "f.zarr")
+    assert len(keys) == 5
+    unchanged = 0
+    for key in keys:
+        fine = ctvol.open_series(tmp_path / "f.zarr", key)
+        assert fine.attrs["spacing"][0] == pytest.approx(1.0)
+        if fine.attrs["reslice"].get("unchanged"):
+            unchanged += 1
+            assert not fine["generated"].any()
+            assert "unchanged" in fine.attrs["ctvol_history"][-1]
+            src = ctvol.open_series(tmp_path / "c.zarr", key)
+            np.testing.assert_array_equal(fine.hu.values, src.hu.values)
+    assert unchanged == 3
 
 
 @pytest.mark.parametrize(("text", "match"), [

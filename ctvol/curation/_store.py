@@ -57,11 +57,13 @@ def curate_store(
     import zarr
 
     from .._compute import compute
+    from .._options import check
     from ..errors import CurationError
     from ..io.store import SHARD_SLICES, _url, list_series, open_series
     from ._classify import classify_slices
     from ._curate import curate
 
+    check("curate", {**classify_kwargs, "model": None})  # unknown keywords name the options
     url = _url(store)
     keys = list(keys) if keys else list_series(url, storage_options=storage_options)
     dss = {k: open_series(url, k, storage_options=storage_options) for k in keys}

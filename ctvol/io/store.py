@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..errors import SeriesNotFoundError, StoreError
+from ..errors import SeriesNotFoundError, StoreError, StoreWriteError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from .dicom import SliceHeader
 
 __all__ = [
+    "FILE_COLUMNS",
     "FORMAT_VERSION",
+    "SERIES_COLUMNS",
     "SHARD_SLICES",
     "catalog",
     "list_series",
@@ -48,6 +50,16 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Slices per shard: each Dask write task owns whole shards (zarr-python#3682).
 SHARD_SLICES = 32
+
+#: ``catalog(store)`` columns, in this order (docs/storage.md); ``ctvol info``
+#: prints them under the same names.
+SERIES_COLUMNS = [
+    "key", "status", "last_run", "reason", "detail", "series_uid", "series_number",
+    "description", "n_files", "n_slices", "rows", "cols", "dz", "dy", "dx", "tilt_deg",
+    "warnings",
+]
+#: ``catalog(store, level="files")`` columns, in this order.
+FILE_COLUMNS = ["path", "status", "reason", "detail", "key", "series_uid", "sop_uid"]
 
 
 #: Lossless codecs for ``hu``, measured on the Philips head CT (512^2 int16
@@ -90,6 +102,59 @@ def _open_root(
     )
 
 
+def check_store_path(store: str | os.PathLike[str], *, create: bool = False) -> None:
+    """Refuse a local path that is not (and cannot become) a cohort store, without
+    creating anything: a file, a folder holding something else, or (``create``)
+    a new store under a path that is not a writable folder.
+
+    Raises
+    ------
+    StoreError
+        The path exists and is not a Zarr store.
+    StoreWriteError
+        ``create`` and the store could not be created there (names why).
+    """
+    url = _url(store)
+    if "://" in url:
+        return
+    fix = "; choose a new output path" if create else ""
+    if os.path.exists(url):
+        if not os.path.isdir(url):
+            raise StoreError(f"{url} is a file, not a cohort store{fix}")
+        entries = [e for e in os.listdir(url) if not e.startswith(".")]
+        if entries and "zarr.json" not in entries:
+            raise StoreError(
+                f"{url} exists and is not a Zarr store (it holds {', '.join(sorted(entries)[:3])}"
+                f"{', ...' if len(entries) > 3 else ''}){fix}"
+            )
+        return
+    if not create:
+        return
+    parent = os.path.dirname(url)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise StoreWriteError(f"cannot create the cohort store {url}: {parent} is not a "
+                              "folder; choose an output path in a writable folder")
+    if parent and not os.access(parent, os.W_OK):
+        raise StoreWriteError(f"cannot create the cohort store {url}: {parent} is not "
+                              "writable; choose an output path in a writable folder")
+
+
+def list_incomplete(
+    store: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[str], bool]:
+    """What an interrupted run left: the keys of series whose write started and
+    never finished (not flagged ``complete``; readers do not see them), sorted,
+    and whether an ingest started and never wrote its catalog."""
+    root = open_store(store, storage_options=storage_options)
+    running = bool(root.attrs.get("ctvol", {}).get("ingest_running"))
+    if "series" not in root:
+        return [], running
+    return sorted(name for name, group in root["series"].groups()
+                  if group.attrs.get("complete") is not True), running
+
+
 def open_store(
     store: str | os.PathLike[str],
     *,
@@ -110,15 +175,14 @@ def open_store(
     from zarr.errors import GroupNotFoundError
 
     url = _url(store)
-    if "://" not in url and os.path.exists(url):
-        if not os.path.isdir(url):
-            raise StoreError(f"{url} is a file, not a cohort store; choose another output path")
-        entries = [e for e in os.listdir(url) if not e.startswith(".")]
-        if entries and "zarr.json" not in entries:
-            raise StoreError(
-                f"{url} exists and is not a Zarr store (it holds {', '.join(sorted(entries)[:3])}"
-                f"{', ...' if len(entries) > 3 else ''}); choose a new output path or remove it"
-            )
+    check_store_path(url, create=create)
+    if create and "://" not in url:
+        try:  # a path that cannot be a folder fails here, with its reason, not in zarr
+            os.makedirs(url, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"cannot create the cohort store {url}: {exc.strerror or exc}; choose an "
+                "output path in a writable folder") from exc
     try:
         root = _open_root(url, "r+" if not create else "a", storage_options)
     except (GroupNotFoundError, FileNotFoundError) as exc:
@@ -131,8 +195,8 @@ def open_store(
             root.attrs["ctvol"] = {"format_version": FORMAT_VERSION}
             return root
         raise StoreError(
-            f"{url} is a Zarr group but not a ctvol cohort store (no 'ctvol' attribute); "
-            "choose a new output path"
+            f"{url} is a Zarr group but not a ctvol cohort store (no 'ctvol' attribute)"
+            + ("; choose a new output path" if create else "")
         )
     if int(info.get("format_version", 0)) > FORMAT_VERSION:
         raise StoreError(
@@ -429,6 +493,15 @@ def write_catalog(
     root = _open_root(store, "r+", storage_options)
     info = dict(root.attrs.get("ctvol", {}))
     info.update({"format_version": FORMAT_VERSION, "summary": json.loads(json.dumps(summary))})
+    info.pop("ingest_running", None)
+    root.attrs["ctvol"] = info
+
+
+def mark_ingest_running(root: Any) -> None:
+    """Flag the store's root: an ingest started and has not written its catalog yet
+    (:func:`write_catalog` clears it), so an interrupted ingest can be told apart."""
+    info = dict(root.attrs.get("ctvol", {}))
+    info["ingest_running"] = True
     root.attrs["ctvol"] = info
 
 
@@ -483,32 +556,39 @@ def catalog(
     Parameters
     ----------
     level : {"series", "files"}
-        ``"series"``: one row per series written or group excluded (key,
-        status, reason, shape, spacing in mm, tilt, warnings). A store
-        written by :func:`write` (a reslice output) has no ingest catalog:
-        its rows are derived from the series (key, shape, dz, factor,
-        method, and for ``method="auto"`` the decision and self-check
-        scores). ``"files"``:
-        one row per input file with its fate (status, reason, detail, key).
+        ``"series"``: one row per series written or group excluded, columns
+        :data:`SERIES_COLUMNS` in that order (``status``: ``ok``, ``failed``,
+        ``refused``, ``excluded``; ``last_run``: what the latest ingest did to
+        it, ``written`` or ``unchanged``; spacing ``dz``/``dy``/``dx`` in mm).
+        ``"files"``: one row per input file with its fate, columns
+        :data:`FILE_COLUMNS`. docs/storage.md describes every column. A
+        store written by :func:`write` (a reslice output) has no ingest
+        catalog: its series rows are derived from the series (key, shape,
+        dz, factor, method, and for ``method="auto"`` the decision and
+        self-check scores).
     """
     import xarray as xr
 
     if level not in ("series", "files"):
         raise ValueError(f"level must be 'series' or 'files', got {level!r}")
     root = open_store(store, storage_options=storage_options)
-    if "catalog" not in root or level not in root["catalog"]:
-        import pandas as pd
+    import pandas as pd
 
+    order = SERIES_COLUMNS if level == "series" else FILE_COLUMNS
+    if "catalog" not in root or level not in root["catalog"]:
         if level == "series" and "series" in root:
             return _derived_catalog(root)
-        return pd.DataFrame()
+        return pd.DataFrame(columns=order)
     ds = xr.open_zarr(_url(store), group=f"catalog/{level}", consolidated=False, zarr_format=3,
                       chunks=None, storage_options=dict(storage_options or {}) or None)
     df = ds.to_dataframe().reset_index(drop=True)
     for col in df.columns:
         if df[col].dtype == object or str(df[col].dtype).startswith(("string", "str")):
             df[col] = df[col].astype(object)
-    return df
+    if level == "series" and "last_run" not in df:  # a catalog written before the column
+        df["last_run"] = ""
+    # The documented order first, whatever the stored one; columns of a newer ctvol after.
+    return df[[c for c in order if c in df] + [c for c in df if c not in order]]
 
 
 def _write_block(block: np.ndarray, *, store: str, path: str,
