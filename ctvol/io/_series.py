@@ -23,6 +23,7 @@ __all__ = ["REASONS", "SeriesPlan", "plan_series", "series_key"]
 #: Every reason code a file or series can be excluded with, and what it means.
 REASONS: dict[str, str] = {
     "not-dicom": "not a DICOM file",
+    "dangling-link": "a symlink whose target does not exist (or links that loop)",
     "unreadable": "a DICOM file that cannot be parsed",
     "truncated": "pixel data shorter than the header declares",
     "no-pixel-data": "no image: a DICOMDIR/DIRFILE or another non-image object",

@@ -150,6 +150,35 @@ def _is_local(path: str) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
 
+def _walk_local(top: str, found: set[str]) -> None:
+    """Every file under ``top``, following symlinked folders, each real folder once.
+
+    Paths are kept as the user's tree shows them (through the links, never
+    resolved). A folder already visited -- a link cycle, or a link back into
+    a folder walked under another name -- is not walked again, so its files
+    are listed once, under the first path in sorted order. Symlinked files
+    and dangling links are listed like files (the header pass gives a
+    dangling link its own fate).
+    """
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirs, files in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirs):
+            try:
+                sd = os.stat(os.path.join(dirpath, d))
+            except OSError:  # vanished, or unreadable: os.walk reports nothing either
+                continue
+            if (sd.st_dev, sd.st_ino) not in seen:
+                keep.append(d)
+        dirs[:] = keep  # sorted: the first name of a folder wins, deterministically
+        found.update(os.path.join(dirpath, f) for f in files)
+
+
 def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
     """Every file under the given folders and files, sorted, without duplicates.
 
@@ -157,13 +186,16 @@ def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     ----------
     inputs : path, URL or iterable of them
         Folders are searched recursively (hidden files included: they get a
-        fate like any other). Local paths and fsspec URLs (``s3://...``) are
-        accepted.
+        fate like any other). Local folders are walked through symlinked
+        folders, each real folder once (a link cycle ends); symlinked files
+        and dangling links are listed under their link path. Local paths and
+        fsspec URLs (``s3://...``) are accepted; URLs list what the file
+        system's ``find`` returns.
 
     Returns
     -------
     list of str
-        Absolute paths (or full URLs).
+        Absolute paths, not resolved through links (or full URLs).
 
     Raises
     ------
@@ -179,10 +211,9 @@ def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             local = item.removeprefix("file://")
             path = os.path.abspath(os.path.expanduser(local))
             if os.path.isdir(path):
-                for dirpath, _dirs, files in os.walk(path):
-                    found.update(os.path.join(dirpath, f) for f in files)
-            elif os.path.isfile(path):
-                found.add(path)
+                _walk_local(path, found)
+            elif os.path.isfile(path) or os.path.islink(path):
+                found.add(path)  # a dangling link given by name gets a fate too
             else:
                 raise FileNotFoundError(
                     f"input {item!r} does not exist; pass DICOM folders or files"
@@ -264,6 +295,9 @@ def read_header(path: str) -> FileRecord:
     from pydicom.errors import InvalidDicomError
 
     rec = FileRecord(path=path)
+    dangling = _dangling_link(path)
+    if dangling:
+        return rec.exclude("dangling-link", dangling)
     try:
         # No warnings.catch_warnings() here: it swaps process-global filters
         # and is not thread-safe (concurrent tasks can leave "ignore" behind).
@@ -363,6 +397,21 @@ def read_header(path: str) -> FileRecord:
     )
     rec.header = header
     return rec
+
+
+def _dangling_link(path: str) -> str | None:
+    """Why a local symlink leads to no file (None for anything else)."""
+    if not _is_local(path):
+        return None
+    local = path.removeprefix("file://")
+    if not os.path.islink(local) or os.path.exists(local):
+        return None
+    try:
+        target = os.readlink(local)
+    except OSError:
+        target = "?"
+    return (f"dangling symlink: {local} points to {target}, which does not exist (or the "
+            "links loop); fix or remove the link")
 
 
 def _header_length(ts: str) -> int:
