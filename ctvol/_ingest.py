@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import GeometryWarning, NoInputError
+from .errors import GeometryWarning, IngestWarning, NoInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,6 +162,9 @@ def ingest(
     -----
     GeometryWarning
         Once per series with tilt, splits or disagreeing InstanceNumber order.
+    IngestWarning
+        Once per series without SeriesInstanceUID (grouped as dcm2niix does),
+        or with slices without SOPInstanceUID (identified by their file's SHA-1).
 
     Examples
     --------
@@ -203,7 +206,7 @@ def ingest(
     to_write, unchanged = [], []
     for plan in plans:
         prev = existing.get(plan.key)
-        digest = st.sop_digest([h.sop_uid for h in plan.headers])
+        digest = st.sop_digest([h.slice_id for h in plan.headers])
         if prev is not None and prev.get("sop_digest") == digest:
             unchanged.append(plan)
         else:
@@ -229,7 +232,8 @@ def ingest(
 
     for plan in plans:
         for w in plan.warnings:
-            warnings.warn(w, GeometryWarning, stacklevel=2)
+            cls = IngestWarning if w in plan.identity_warnings else GeometryWarning
+            warnings.warn(w, cls, stacklevel=2)
 
     files_df, series_df = _tables(records, plans, refused, results, {p.key for p in unchanged})
     files_all, series_all = _merge_catalog(url, so, files_df, series_df)

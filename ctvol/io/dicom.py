@@ -54,6 +54,9 @@ _FAST_SYNTAXES = {
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 }
+#: ``sop_uid`` of a file without SOPInstanceUID: this prefix and the file's SHA-1
+#: (a UID holds only digits and dots, so the two never collide).
+FILE_ID_PREFIX = "sha1:"
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 
 
@@ -101,6 +104,25 @@ class SliceHeader:
     #: (RescaleSlope, RescaleIntercept); None when a Modality LUT Sequence applies.
     rescale: tuple[float, float] | None = None
     file_size: int = 0
+    acquisition_number: int | None = None
+    #: 1-based frame number in a multi-frame file; 0 for a single-frame file.
+    frame: int = 0
+    #: What separates stacks inside one multi-frame file (StackID and
+    #: TemporalPositionIndex of the frame); "" for single-frame files.
+    stack: str = ""
+    #: LossyImageCompression "01", or a lossy transfer syntax.
+    lossy: bool = False
+
+    @property
+    def slice_id(self) -> str:
+        """Identity of this slice: the SOPInstanceUID (or the file's SHA-1 when
+        the file has none), with ``#<frame>`` for a frame of a multi-frame file."""
+        return self.sop_uid if not self.frame else f"{self.sop_uid}#{self.frame}"
+
+    @property
+    def sop_from_file(self) -> bool:
+        """True when the file has no SOPInstanceUID and ``sop_uid`` is its SHA-1."""
+        return self.sop_uid.startswith(FILE_ID_PREFIX)
 
 
 @dataclass(slots=True)
@@ -133,6 +155,9 @@ class FileRecord:
             "key": self.key,
             "series_uid": h.series_uid if h else "",
             "sop_uid": h.sop_uid if h else "",
+            "frame": h.frame if h else 0,
+            "transfer_syntax": h.transfer_syntax if h else "",
+            "lossy": bool(h.lossy) if h else False,
         }
 
 
@@ -366,7 +391,7 @@ def read_header(path: str) -> FileRecord:
         1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
     header = SliceHeader(
         path=path,
-        sop_uid=_str(ds.get("SOPInstanceUID")),
+        sop_uid=_str(ds.get("SOPInstanceUID")) or _file_id(path),
         sop_class=sop_class,
         series_uid=_str(ds.get("SeriesInstanceUID")),
         study_uid=_str(ds.get("StudyInstanceUID")),
@@ -394,9 +419,21 @@ def read_header(path: str) -> FileRecord:
         pixel_options=options if fast else None,
         rescale=rescale,
         file_size=size,
+        acquisition_number=_int_or_none(ds.get("AcquisitionNumber")),
     )
     rec.header = header
     return rec
+
+
+def _file_id(path: str) -> str:
+    """A stable identity for a file without SOPInstanceUID: SHA-1 of its bytes."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with _open(path) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return FILE_ID_PREFIX + h.hexdigest()
 
 
 def _dangling_link(path: str) -> str | None:
@@ -556,7 +593,7 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
     except Exception as exc:  # noqa: BLE001
         meta = getattr(locals().get("ds"), "file_meta", None)
         raise _decode_error(path, str(getattr(meta, "TransferSyntaxUID", "") or ""), exc) from exc
-    sop = header.sop_uid if header is not None else None
+    sop = header.sop_uid if header is not None and not header.sop_from_file else None
     if sop is not None and str(ds.get("SOPInstanceUID", "")) != sop:
         raise DicomReadError(
             f"{path}: SOPInstanceUID changed since the header pass "

@@ -178,7 +178,7 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
               "long_name": "position along the column direction cosine"}),
         "x": ("x", origin @ row_cos + dx * np.arange(cols), {"units": "mm",
               "long_name": "position along the row direction cosine"}),
-        "sop_uid": ("z", np.array([h.sop_uid for h in plan.headers], dtype=obj)),
+        "sop_uid": ("z", np.array([h.slice_id for h in plan.headers], dtype=obj)),
         "source": ("z", np.array([h.path for h in plan.headers], dtype=obj)),
         "instance_number": ("z", np.array(
             [-1 if h.instance_number is None else h.instance_number for h in plan.headers],
@@ -208,7 +208,7 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
         "transfer_syntax": first.transfer_syntax,
         "pixel_padding_value": list(first.pixel_padding) if first.pixel_padding else None,
         "warnings": list(plan.warnings),
-        "sop_digest": sop_digest([h.sop_uid for h in plan.headers]),
+        "sop_digest": sop_digest([h.slice_id for h in plan.headers]),
         "ctvol_version": __version__,
         "ctvol_history": [history],
     }
