@@ -27,7 +27,7 @@ REASONS: dict[str, str] = {
     "unreadable": "a DICOM file that cannot be parsed",
     "truncated": "pixel data shorter than the header declares",
     "no-pixel-data": "no image: a DICOMDIR/DIRFILE or another non-image object",
-    "multi-frame": "multi-frame (enhanced) image: not supported yet",
+    "multi-frame": "multi-frame image whose frames cannot be placed (no functional groups)",
     "modality": "modality not selected for ingest (default: CT only)",
     "localizer": "localizer/scout image (ImageType), not part of a volume",
     "secondary-capture": "secondary capture / screen capture, not a volume",
@@ -129,11 +129,6 @@ def _file_exclusion(
         )
         if not value
     ]
-    if h.n_frames > 1:
-        return "multi-frame", (
-            f"{h.n_frames} frames in one file (enhanced/multi-frame CT) is not supported yet; "
-            "convert it to single-frame images (e.g. dcm2niix or gdcmconv --split)"
-        )
     if modalities and h.modality not in modalities:
         return "modality", (
             f"Modality {h.modality or '(missing)'} is not in {list(modalities)}; "
@@ -209,10 +204,12 @@ def _variant(h: SliceHeader) -> tuple[Any, ...]:
         (h.rows, h.cols),
         tuple(np.round(h.pixel_spacing, 4) + 0.0),
         h.image_type,
+        h.stack,
     )
 
 
-_VARIANT_NAMES = ("orientation", "matrix size", "pixel spacing", "ImageType")
+_VARIANT_NAMES = ("orientation", "matrix size", "pixel spacing", "ImageType",
+                  "stack (StackID/TemporalPositionIndex of multi-frame files)")
 
 
 def plan_series(

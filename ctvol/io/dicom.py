@@ -23,6 +23,7 @@ __all__ = [
     "SliceHeader",
     "decode_hu",
     "find_files",
+    "read_file",
     "read_header",
     "read_headers",
 ]
@@ -140,6 +141,9 @@ class FileRecord:
     detail: str = ""
     key: str = ""
     header: SliceHeader | None = field(default=None, repr=False)
+    #: Headers of every frame of a multi-frame file (:func:`read_file` makes
+    #: one record of each); None for single-frame files.
+    frames: list[SliceHeader] | None = field(default=None, repr=False)
 
     def exclude(self, reason: str, detail: str) -> FileRecord:
         self.status, self.reason, self.detail = "excluded", reason, detail
@@ -421,8 +425,95 @@ def read_header(path: str) -> FileRecord:
         file_size=size,
         acquisition_number=_int_or_none(ds.get("AcquisitionNumber")),
     )
+    if header.n_frames > 1:
+        frames = _frame_headers(ds, header)
+        if isinstance(frames, str):
+            return rec.exclude("multi-frame", frames)
+        rec.frames = frames
     rec.header = header
     return rec
+
+
+def read_file(path: str) -> list[FileRecord]:
+    """:func:`read_header`, with one record per frame of a multi-frame file.
+
+    Every frame of an enhanced (or legacy converted enhanced) CT file becomes
+    its own record, placed by its functional groups (``SliceHeader.frame`` is
+    its 1-based number), so that each frame gets a fate in the catalog.
+    """
+    rec = read_header(path)
+    if rec.frames is None:
+        return [rec]
+    return [FileRecord(path=path, header=h) for h in rec.frames]
+
+
+def _item(seq: Any) -> Any:
+    return seq[0] if seq else None
+
+
+def _macro(groups: Sequence[Any], sequence: str) -> Any:
+    """The first item of a functional group macro, per-frame before shared."""
+    for g in groups:
+        if g is not None and sequence in g:
+            item = _item(g[sequence].value)
+            if item is not None:
+                return item
+    return None
+
+
+def _frame_headers(ds: Any, header: SliceHeader) -> list[SliceHeader] | str:
+    """One header per frame of a multi-frame file, or why its frames cannot be placed.
+
+    Position, orientation, pixel spacing and rescale come from the Plane
+    Position, Plane Orientation, Pixel Measures and Pixel Value
+    Transformation functional groups (per-frame first, then shared); the top
+    level is the fallback for rescale, orientation and spacing. Frames of
+    different stacks (StackID) or temporal positions are told apart by
+    ``stack``, so that planning splits them into parts.
+    """
+    import dataclasses
+
+    n = header.n_frames
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = _item(ds.get("SharedFunctionalGroupsSequence"))
+    if per_frame is None and shared is None:
+        return (f"{n} frames in one file without functional groups (Per-frame/Shared "
+                "Functional Groups Sequence), so the frames cannot be placed in space; convert "
+                "it to an enhanced CT or to single-frame images with the scanner's tools")
+    if per_frame is not None and len(per_frame) != n:
+        return (f"NumberOfFrames is {n} but the Per-frame Functional Groups Sequence has "
+                f"{len(per_frame)} items: the file is inconsistent; re-export it")
+    out = []
+    for i in range(n):
+        groups = ((per_frame[i] if per_frame is not None else None), shared)
+        pos = _macro(groups, "PlanePositionSequence")
+        ori = _macro(groups, "PlaneOrientationSequence")
+        meas = _macro(groups, "PixelMeasuresSequence")
+        pvt = _macro(groups, "PixelValueTransformationSequence")
+        content = _macro(groups, "FrameContentSequence")
+        position = _floats(pos.get("ImagePositionPatient") if pos else None, 3)
+        if position is None:
+            return (f"frame {i + 1} of {n} has no ImagePositionPatient in its Plane Position "
+                    "functional group: the frames cannot be placed in space; re-export the "
+                    "series as single-frame images")
+        orientation = _floats(ori.get("ImageOrientationPatient") if ori else None, 6) \
+            or header.orientation
+        spacing = _floats(meas.get("PixelSpacing") if meas else None, 2) or header.pixel_spacing
+        rescale = header.rescale
+        if pvt is not None and ("RescaleSlope" in pvt or "RescaleIntercept" in pvt):
+            slope = _float_or_none(pvt.get("RescaleSlope"))
+            intercept = _float_or_none(pvt.get("RescaleIntercept"))
+            rescale = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
+        stack = ""
+        if content is not None:
+            stack = f"{_str(content.get('StackID'))}/{_str(content.get('TemporalPositionIndex'))}"
+        thickness = _float_or_none(meas.get("SliceThickness")) if meas else None
+        out.append(dataclasses.replace(
+            header, frame=i + 1, position=position, orientation=orientation,
+            pixel_spacing=spacing, rescale=rescale, stack=stack,
+            slice_thickness=header.slice_thickness if thickness is None else thickness,
+        ))
+    return out
 
 
 def _file_id(path: str) -> str:
@@ -529,7 +620,7 @@ def read_headers(paths: Sequence[str]) -> FileRecords:
     becomes ~0.8 kB, measured on synthetic_cohort files).
     """
     memo: dict[Any, Any] = {}
-    records = FileRecords(read_header(p) for p in paths)
+    records = FileRecords(r for p in paths for r in read_file(p))
     for rec in records:
         if rec.header is not None:
             _share(rec.header, memo)
@@ -580,7 +671,8 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
                     )
                 fh.seek(header.pixel_offset)
                 decoder = get_decoder(header.transfer_syntax)
-                raw, _ = decoder.as_array(fh, index=0, **header.pixel_options)
+                index = header.frame - 1 if header.frame else 0
+                raw, _ = decoder.as_array(fh, index=index, **header.pixel_options)
         except DicomReadError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -589,6 +681,8 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
     try:
         with _open(path) as fh:
             ds = pydicom.dcmread(fh)
+            if header is not None and header.frame:
+                ds.pixel_array_options(index=header.frame - 1)
             raw = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
         meta = getattr(locals().get("ds"), "file_meta", None)
@@ -643,8 +737,9 @@ def decode_hu(
     from pydicom.pixels import apply_modality_lut
 
     raw, ds = _read_raw(path, header)
-    if ds is None:
-        assert header is not None and header.rescale is not None
+    if header is not None and header.rescale is not None:
+        # The header pass's rescale: for a frame of an enhanced CT it comes
+        # from the functional groups, which the top level does not hold.
         slope, intercept = header.rescale
         padding = header.pixel_padding
     else:
@@ -660,7 +755,7 @@ def decode_hu(
         hu = raw.astype(np.int32) + int(intercept)
         rounding = 0.0
     else:
-        if ds is None:  # the fast path has the header's rescale, not a dataset
+        if ds is None or "ModalityLUTSequence" not in ds:  # the rescale found above
             ds = Dataset()
             ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         lut = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -130,3 +131,84 @@ def test_series_without_uids_grouped_by_series_number(sample_dir: pathlib.Path,
     assert [k.split("-")[1] for k in keys] == ["7", "8"]
     stored = report.files[report.files["status"] == "stored"]
     assert stored.groupby("key").size().to_dict() == {keys[0]: 4, keys[1]: 4}
+
+
+# --------------------------------------------------------------------------- multi-frame
+
+
+def _multiframe(sample_dir: pathlib.Path, out: pathlib.Path, *, n: int = N_SLICES,
+                transfer_syntax: str | None = None,
+                edit: Callable[[pydicom.Dataset], None] | None = None) -> pathlib.Path:
+    """A Legacy Converted Enhanced CT (highdicom) of the first ``n`` sample slices."""
+    hd = pytest.importorskip("highdicom", reason="pip install highdicom (test extra)")
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    dss = [pydicom.dcmread(p) for p in _sample_slices(sample_dir, n)]
+    with warnings.catch_warnings():  # highdicom: the phantom's PatientName "HEAD"
+        warnings.filterwarnings("ignore", "The string .* person name", UserWarning)
+        mf = LegacyConvertedEnhancedCTImage(
+            dss, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
+            instance_number=1, transfer_syntax_uid=transfer_syntax)
+    if edit is not None:
+        edit(mf)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mf.save_as(out, enforce_file_format=True)
+    return out
+
+
+@pytest.mark.parametrize("ts", [None, pydicom.uid.JPEG2000Lossless],
+                         ids=["native", "jpeg2000-lossless"])
+def test_multiframe_equals_its_single_frame_source(ts: str | None, sample_dir: pathlib.Path,
+                                                   tmp_path: pathlib.Path) -> None:
+    path = _multiframe(sample_dir, tmp_path / "mf" / "enhanced.dcm", transfer_syntax=ts)
+    mf = ctvol.ingest(path.parent, tmp_path / "mf.zarr")
+    _copy(sample_dir, tmp_path / "sf")
+    sf = ctvol.ingest(tmp_path / "sf", tmp_path / "sf.zarr")
+    a = ctvol.open_series(mf.store, _only_series(mf))
+    b = ctvol.open_series(sf.store, _only_series(sf))
+    np.testing.assert_array_equal(a.hu.values, b.hu.values)
+    for name in ("z", "y", "x", "position"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    for attr in ("spacing", "origin", "orientation", "normal", "tilt_deg"):
+        assert a.attrs[attr] == b.attrs[attr], attr
+    # Every frame accounted for: one catalog row per (file, frame).
+    files = mf.files
+    assert list(files["path"]) == [str(path)] * N_SLICES
+    assert sorted(files["frame"]) == list(range(1, N_SLICES + 1))
+    assert (files["status"] == "stored").all()
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    assert sorted(a.sop_uid.values) == sorted(f"{uid}#{k}" for k in range(1, N_SLICES + 1))
+
+
+def test_multiframe_with_two_stacks_is_split(sample_dir: pathlib.Path,
+                                             tmp_path: pathlib.Path) -> None:
+    half = N_SLICES // 2
+
+    def two_stacks(ds: pydicom.Dataset) -> None:
+        # Frames half.. become a second stack at the positions of frames 0..half-1.
+        frames = ds.PerFrameFunctionalGroupsSequence
+        for k in range(half, N_SLICES):
+            frames[k].FrameContentSequence[0].StackID = "2"
+            frames[k].PlanePositionSequence[0].ImagePositionPatient = \
+                frames[k - half].PlanePositionSequence[0].ImagePositionPatient
+
+    path = _multiframe(sample_dir, tmp_path / "in" / "two.dcm", edit=two_stacks)
+    with pytest.warns(ctvol.errors.GeometryWarning, match="mixes stack"):
+        report = ctvol.ingest(path.parent, tmp_path / "c.zarr")
+    keys = ctvol.list_series(report.store)
+    assert [k[-3:] for k in keys] == ["_p1", "_p2"]
+    assert [ctvol.open_series(report.store, k).sizes["z"] for k in keys] == [half, half]
+    assert (report.files["status"] == "stored").all() and len(report.files) == N_SLICES
+
+
+def test_multiframe_without_positions_is_refused(sample_dir: pathlib.Path,
+                                                 tmp_path: pathlib.Path) -> None:
+    def no_positions(ds: pydicom.Dataset) -> None:
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            del item.PlanePositionSequence
+
+    path = _multiframe(sample_dir, tmp_path / "in" / "mf.dcm", edit=no_positions, n=3)
+    report = ctvol.ingest(path.parent, tmp_path / "c.zarr")
+    (row,) = report.files.to_dict("records")
+    assert (row["status"], row["reason"]) == ("excluded", "multi-frame")
+    assert "frame 1 of 3 has no ImagePositionPatient" in row["detail"]
