@@ -26,6 +26,7 @@ HEADER_BATCH = (32, 256)
 SERIES_COLUMNS = [
     "key", "status", "reason", "detail", "series_uid", "series_number", "description",
     "n_files", "n_slices", "rows", "cols", "dz", "dy", "dx", "tilt_deg", "warnings",
+    "transfer_syntax", "lossy",
 ]
 
 
@@ -311,6 +312,8 @@ def _tables(
             else 0, "rows": h.rows, "cols": h.cols, "dz": plan.spacing[0],
             "dy": plan.spacing[1], "dx": plan.spacing[2], "tilt_deg": plan.tilt_deg,
             "warnings": " | ".join(plan.warnings),
+            "transfer_syntax": h.transfer_syntax,
+            "lossy": bool(any(x.lossy for x in plan.headers)),
         })
     for rec in records:
         if rec.status == "pending":
@@ -349,7 +352,7 @@ def _group_row(key: str, status: str, reason: str, detail: str, uid: str, n: int
     return {"key": key, "status": status, "reason": reason, "detail": detail,
             "series_uid": uid, "series_number": -1, "description": desc, "n_files": n,
             "n_slices": 0, "rows": 0, "cols": 0, "dz": nan, "dy": nan, "dx": nan,
-            "tilt_deg": nan, "warnings": ""}
+            "tilt_deg": nan, "warnings": "", "transfer_syntax": "", "lossy": False}
 
 
 def _merge_catalog(

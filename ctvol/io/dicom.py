@@ -47,6 +47,7 @@ _FAST_SYNTAXES = {
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
     "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
@@ -58,6 +59,23 @@ _FAST_SYNTAXES = {
 #: ``sop_uid`` of a file without SOPInstanceUID: this prefix and the file's SHA-1
 #: (a UID holds only digits and dots, so the two never collide).
 FILE_ID_PREFIX = "sha1:"
+#: Transfer syntaxes a header pass cannot locate PixelData in (deflated stream,
+#: big-endian element headers): their files are read whole, in both passes.
+_WHOLE_READ_SYNTAXES = {
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still exported)
+}
+#: Transfer syntaxes that may only hold lossy-compressed pixels (or, JPEG 2000,
+#: JPEG-LS near-lossless, HTJ2K, usually do): flagged lossy unless the file says
+#: LossyImageCompression "00".
+LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8 bit)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy or lossless)
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 multi-component
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+}
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 
 
@@ -341,7 +359,13 @@ def read_header(path: str) -> FileRecord:
             meta = getattr(ds, "file_meta", None)
             ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
             tail = b""
-            if _value_length(px_head, ts) == 0xFFFFFFFF:
+            whole = None
+            if ts in _WHOLE_READ_SYNTAXES:
+                # Deflated or big endian: the stream position and the element
+                # header bytes mean nothing here; read the file whole instead.
+                fh.seek(0)
+                whole = pydicom.dcmread(fh)
+            elif _value_length(px_head, ts) == 0xFFFFFFFF:
                 # Encapsulated pixel data: its end is checked by the closing
                 # delimiter, so only then is the end of the file read.
                 fh.seek(max(px_at, size - 1024))
@@ -366,12 +390,16 @@ def read_header(path: str) -> FileRecord:
             "cannot parse DICOM: no data elements after the file meta (corrupt or not an "
             "image object); re-export the file",
         )
-    if px_head[:4] != PIXEL_DATA_TAG:
+    has_pixels = "PixelData" in whole if whole is not None else px_head[:4] == PIXEL_DATA_TAG
+    if not has_pixels:
         return rec.exclude(
             "no-pixel-data",
             f"no PixelData element (SOP class {sop_class or 'unknown'}): not an image",
         )
-    problem = _pixel_data_problem(ds, ts, px_at, px_head, size, tail)
+    if whole is not None:
+        problem = _native_length_problem(ds, len(whole.PixelData))
+    else:
+        problem = _pixel_data_problem(ds, ts, px_at, px_head, size, tail)
     if problem:
         return rec.exclude("truncated", f"{problem}; re-copy or re-export the file")
 
@@ -424,6 +452,7 @@ def read_header(path: str) -> FileRecord:
         rescale=rescale,
         file_size=size,
         acquisition_number=_int_or_none(ds.get("AcquisitionNumber")),
+        lossy=_is_lossy(ds, ts),
     )
     if header.n_frames > 1:
         frames = _frame_headers(ds, header)
@@ -516,6 +545,13 @@ def _frame_headers(ds: Any, header: SliceHeader) -> list[SliceHeader] | str:
     return out
 
 
+def _is_lossy(ds: Any, ts: str) -> bool:
+    """LossyImageCompression "01", or a lossy transfer syntax the file does not
+    declare lossless ("00")."""
+    flag = _str(ds.get("LossyImageCompression")).strip()
+    return flag == "01" or (ts in LOSSY_SYNTAXES and flag != "00")
+
+
 def _file_id(path: str) -> str:
     """A stable identity for a file without SOPInstanceUID: SHA-1 of its bytes."""
     import hashlib
@@ -569,6 +605,11 @@ def _pixel_data_problem(
     if at + hlen + length > size:
         return (f"truncated: PixelData declares {length} bytes at offset {at + hlen} but the "
                 f"file has {size} bytes")
+    return _native_length_problem(ds, length)
+
+
+def _native_length_problem(ds: Any, length: int) -> str | None:
+    """Why ``length`` bytes of native pixel data cannot hold the declared frames."""
     frames = _int_or_none(ds.get("NumberOfFrames")) or 1
     needed = (
         (_int_or_none(ds.get("Rows")) or 0) * (_int_or_none(ds.get("Columns")) or 0)

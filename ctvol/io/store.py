@@ -206,6 +206,8 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
         "series_description": first.series_description,
         "image_type": list(first.image_type),
         "transfer_syntax": first.transfer_syntax,
+        # Any slice lossy-compressed (LossyImageCompression "01" or a lossy syntax).
+        "lossy_compression": bool(any(h.lossy for h in plan.headers)),
         "pixel_padding_value": list(first.pixel_padding) if first.pixel_padding else None,
         "warnings": list(plan.warnings),
         "sop_digest": sop_digest([h.slice_id for h in plan.headers]),

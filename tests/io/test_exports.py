@@ -39,7 +39,11 @@ def _copy(sample_dir: pathlib.Path, out: pathlib.Path,
         ds = pydicom.dcmread(src)
         if edit is not None:
             edit(ds)
-        ds.save_as(out / src.name, enforce_file_format=True)
+        if ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRBigEndian:
+            pydicom.dcmwrite(out / src.name, ds, implicit_vr=False, little_endian=False,
+                             force_encoding=True)
+        else:
+            ds.save_as(out / src.name, enforce_file_format=True)
         paths.append(out / src.name)
     return paths
 
@@ -212,3 +216,93 @@ def test_multiframe_without_positions_is_refused(sample_dir: pathlib.Path,
     (row,) = report.files.to_dict("records")
     assert (row["status"], row["reason"]) == ("excluded", "multi-frame")
     assert "frame 1 of 3 has no ImagePositionPatient" in row["detail"]
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+def _encapsulate(ds: pydicom.Dataset, frame: bytes, uid: str) -> None:
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+def _imagecodecs_jpeg(lossless: bool) -> Callable[[pydicom.Dataset], None]:
+    def edit(ds: pydicom.Dataset) -> None:
+        ic = pytest.importorskip("imagecodecs", reason="pip install imagecodecs (test extra): "
+                                 "the only pip JPEG encoder for 12-bit and lossless JPEG")
+        arr = ds.pixel_array
+        if lossless:  # process 14, selection value 1, 12-bit precision as stored
+            data = ic.jpeg8_encode(arr, lossless=True, predictor=1, bitspersample=12)
+            _encapsulate(ds, data, pydicom.uid.JPEGLosslessSV1)
+        else:  # process 4: the lossy JPEG a PACS uses for 12-bit CT
+            data = ic.jpeg8_encode(arr, level=90, bitspersample=12)
+            _encapsulate(ds, data, pydicom.uid.JPEGExtended12Bit)
+    return edit
+
+
+def _compress(uid: str, **kw: object) -> Callable[[pydicom.Dataset], None]:
+    def edit(ds: pydicom.Dataset) -> None:
+        ds.compress(uid, **kw)
+    return edit
+
+
+def _deflated(ds: pydicom.Dataset) -> None:
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+
+
+def _big_endian(ds: pydicom.Dataset) -> None:
+    # pydicom writes OW bytes as given: the pixels must be big-endian words.
+    ds.PixelData = ds.pixel_array.astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+
+
+def _declared_lossy(edit: Callable[[pydicom.Dataset], None]) -> Callable[[pydicom.Dataset], None]:
+    def both(ds: pydicom.Dataset) -> None:
+        edit(ds)
+        ds.LossyImageCompression = "01"
+    return both
+
+
+# (edit, lossless?) per transfer syntax; lossy ones must still ingest, flagged.
+CODECS = {
+    "JPEG lossless SV1": (_imagecodecs_jpeg(lossless=True), True),
+    "JPEG-LS lossless": (_compress(pydicom.uid.JPEGLSLossless), True),
+    "JPEG 2000 lossless": (_compress(pydicom.uid.JPEG2000Lossless), True),
+    "RLE lossless": (_compress(pydicom.uid.RLELossless), True),
+    "Deflated explicit LE": (_deflated, True),
+    "Explicit VR big endian": (_big_endian, True),
+    "JPEG extended 12-bit (lossy)": (_imagecodecs_jpeg(lossless=False), False),
+    "JPEG-LS near-lossless": (_compress(pydicom.uid.JPEGLSNearLossless, jls_error=3), False),
+    "JPEG 2000 (lossy)": (_compress(pydicom.uid.JPEG2000, j2k_cr=[20]), False),
+    "JPEG 2000 (lossy), LossyImageCompression 01": (
+        _declared_lossy(_compress(pydicom.uid.JPEG2000, j2k_cr=[20])), False),
+}
+
+
+@pytest.mark.parametrize("codec", list(CODECS), ids=list(CODECS))
+def test_every_transfer_syntax_decodes_to_pydicom_hu(codec: str, sample_dir: pathlib.Path,
+                                                     tmp_path: pathlib.Path) -> None:
+    edit, lossless = CODECS[codec]
+    paths = _copy(sample_dir, tmp_path / "in", edit, n=4)
+    ts = str(pydicom.dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    assert ts != pydicom.uid.ExplicitVRLittleEndian  # the file really was re-encoded
+    report = ctvol.ingest(tmp_path / "in", tmp_path / "c.zarr")
+    ds = ctvol.open_series(report.store, _only_series(report))
+    # The HU pydicom decodes from the very same files, in z order.
+    dss = sorted((pydicom.dcmread(p) for p in paths),
+                 key=lambda d: float(d.ImagePositionPatient[2]))
+    expected = np.stack([apply_modality_lut(d.pixel_array, d) for d in dss])
+    np.testing.assert_array_equal(ds.hu.values, expected)
+    source, _ = _reference(sample_dir, n=4)
+    assert np.array_equal(ds.hu.values, source) == lossless  # lossy ones really are lossy
+    files = report.files
+    assert (files["status"] == "stored").all() and (files["transfer_syntax"] == ts).all()
+    assert (files["lossy"] == (not lossless)).all()
+    assert ds.attrs["lossy_compression"] == (not lossless)
+    assert ds.attrs["transfer_syntax"] == ts
+    assert list(report.series["lossy"]) == [not lossless]
+    stored = ctvol.catalog(report.store, level="files")
+    assert (stored["lossy"] == (not lossless)).all()
