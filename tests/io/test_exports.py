@@ -306,3 +306,41 @@ def test_every_transfer_syntax_decodes_to_pydicom_hu(codec: str, sample_dir: pat
     assert list(report.series["lossy"]) == [not lossless]
     stored = ctvol.catalog(report.store, level="files")
     assert (stored["lossy"] == (not lossless)).all()
+
+
+# --------------------------------------------------------------------------- dcm2niix parity
+
+
+def _parity_multiframe(sample_dir: pathlib.Path, d: pathlib.Path) -> None:
+    _multiframe(sample_dir, d / "enhanced.dcm", n=30)
+
+
+def _parity_blank_uids(sample_dir: pathlib.Path, d: pathlib.Path) -> None:
+    _copy(sample_dir, d, _blank("SeriesInstanceUID", "SOPInstanceUID"), n=30)
+
+
+def _parity_no_series_uid(sample_dir: pathlib.Path, d: pathlib.Path) -> None:
+    _copy(sample_dir, d, _drop("SeriesInstanceUID"), n=30)
+
+
+PARITY_CASES = {
+    "multi-frame (legacy converted enhanced CT)": (_parity_multiframe, None),
+    "blank SeriesInstanceUID and SOPInstanceUID": (_parity_blank_uids, IngestWarning),
+    "no SeriesInstanceUID": (_parity_no_series_uid, IngestWarning),
+}
+
+
+@pytest.mark.slow  # 30 slices of 512^2, built, ingested and converted: 7-25 s here
+@pytest.mark.parametrize("case", list(PARITY_CASES), ids=list(PARITY_CASES))
+def test_derived_cases_match_dcm2niix(case: str, sample_dir: pathlib.Path,
+                                      tmp_path: pathlib.Path,
+                                      dcm2niix_parity: Callable[..., None]) -> None:
+    build, warns = PARITY_CASES[case]
+    src = tmp_path / "in"
+    build(sample_dir, src)
+    if warns is not None:
+        with pytest.warns(warns):
+            report = ctvol.ingest(src, tmp_path / "c.zarr")
+    else:
+        report = ctvol.ingest(src, tmp_path / "c.zarr")
+    dcm2niix_parity(report.store, _only_series(report), src, tmp_path)
