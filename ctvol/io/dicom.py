@@ -538,8 +538,9 @@ def _frame_headers(ds: Any, header: SliceHeader) -> list[SliceHeader] | str:
             stack = f"{_str(content.get('StackID'))}/{_str(content.get('TemporalPositionIndex'))}"
         thickness = _float_or_none(meas.get("SliceThickness")) if meas else None
         out.append(dataclasses.replace(
-            header, frame=i + 1, position=position, orientation=orientation,
-            pixel_spacing=spacing, rescale=rescale, stack=stack,
+            header, frame=i + 1, position=position,  # type: ignore[arg-type]
+            orientation=orientation, pixel_spacing=spacing,  # type: ignore[arg-type]
+            rescale=rescale, stack=stack,
             slice_thickness=header.slice_thickness if thickness is None else thickness,
         ))
     return out

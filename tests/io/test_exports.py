@@ -344,3 +344,59 @@ def test_derived_cases_match_dcm2niix(case: str, sample_dir: pathlib.Path,
     else:
         report = ctvol.ingest(src, tmp_path / "c.zarr")
     dcm2niix_parity(report.store, _only_series(report), src, tmp_path)
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def _padded(value_hu: int, *, flagged: bool) -> Callable[[pydicom.Dataset], None]:
+    """Signed pixels with ``value_hu`` outside the reconstruction circle, as Siemens
+    and GE export; ``flagged`` also declares it as PixelPaddingValue."""
+    def edit(ds: pydicom.Dataset) -> None:
+        raw = ds.pixel_array.astype(np.int16)
+        yy, xx = np.mgrid[: ds.Rows, : ds.Columns]
+        c = (ds.Rows - 1) / 2
+        outside = (yy - c) ** 2 + (xx - c) ** 2 > (0.48 * ds.Rows) ** 2
+        pad = value_hu - int(ds.RescaleIntercept)
+        raw[outside] = pad
+        ds.PixelRepresentation = 1
+        ds.PixelData = raw.tobytes()
+        if flagged:
+            ds.add_new("PixelPaddingValue", "SS", pad)
+    return edit
+
+
+def test_padding_outside_the_fov_is_stored_as_is_and_read_consistently(
+        sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    from ctvol.curation import body_fraction
+    from ctvol.curation._blank import MIN_FRACTION
+    from ctvol.metrics import slice_metrics
+
+    vols = {}
+    for name, value, flagged in (("-3024", -3024, False), ("-2048", -2048, False),
+                                 ("flagged", -3024, True)):
+        _copy(sample_dir, tmp_path / name, _padded(value, flagged=flagged), n=4)
+        report = ctvol.ingest(tmp_path / name, tmp_path / f"{name}.zarr")
+        vols[name] = ctvol.open_series(report.store, _only_series(report))
+    a, b, c = (vols[k].hu.values for k in ("-3024", "-2048", "flagged"))
+    outside = a == -3024
+    assert 0.05 < outside.mean() < 0.5  # the ring outside the circle, not the phantom
+    # Unflagged padding is stored as the modality LUT gives it (as dcm2niix does) ...
+    assert (b[outside] == -2048).all() and (b[~outside] == a[~outside]).all()
+    # ... PixelPaddingValue padding is filled with padding_fill (-1024, air).
+    assert (c[outside] == -1024).all() and (c[~outside] == a[~outside]).all()
+    # Metrics window to [-1024, 1024] HU: any padding value is air, identical.
+    for other in (b, c):
+        m = slice_metrics(a, other)
+        assert np.isinf(m[:, 0]).all() and (m[:, 2] == 0).all()
+    # The blank rule: padding below -1500 HU is outside the field of view,
+    # whichever value; filled padding (-1024) counts as air inside it. The
+    # fractions differ by the ring's share, the decisions do not.
+    px = tuple(vols["-3024"].attrs["spacing"][1:])
+    fa, fb, fc = (body_fraction(v, px) for v in (a, b, c))
+    np.testing.assert_array_equal(fa, fb)
+    assert (fc < fa).all()
+    assert ((fa < MIN_FRACTION) == (fc < MIN_FRACTION)).all()
+    # Linear reslice keeps padding where both neighbours are padding.
+    fine = ctvol.reslice(vols["-3024"], 2, method="linear").hu.values
+    assert (fine[1][outside[0] & outside[1]] == -3024).all()
