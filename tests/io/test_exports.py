@@ -182,6 +182,45 @@ def test_multiframe_equals_its_single_frame_source(ts: str | None, sample_dir: p
     assert (files["status"] == "stored").all()
     uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
     assert sorted(a.sop_uid.values) == sorted(f"{uid}#{k}" for k in range(1, N_SLICES + 1))
+    again = ctvol.ingest(path.parent, tmp_path / "mf.zarr")
+    assert again.written == [] and again.unchanged == [_only_series(mf)]
+
+
+def _shift_frames(first: int, dz: float) -> Callable[[pydicom.Dataset], None]:
+    """Move frames ``first..`` ``dz`` mm further in the direction the frames advance
+    (``dz=0``: frame ``first`` onto frame ``first - 1``)."""
+    def edit(ds: pydicom.Dataset) -> None:
+        frames = ds.PerFrameFunctionalGroupsSequence
+        z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames]
+        step = float(np.sign(z[first] - z[first - 1]))
+        for k in range(first, len(frames)):
+            pos = frames[k].PlanePositionSequence[0]
+            x, y, _ = (float(v) for v in pos.ImagePositionPatient)
+            pos.ImagePositionPatient = [x, y, z[first - 1] if dz == 0 and k == first
+                                        else z[k] + step * dz]
+    return edit
+
+
+def test_multiframe_gap_is_split_into_runs(sample_dir: pathlib.Path,
+                                           tmp_path: pathlib.Path) -> None:
+    path = _multiframe(sample_dir, tmp_path / "in" / "mf.dcm", edit=_shift_frames(4, 3.0))
+    with pytest.warns(ctvol.errors.GeometryWarning, match="uneven spacing"):
+        report = ctvol.ingest(path.parent, tmp_path / "c.zarr")
+    keys = ctvol.list_series(report.store)
+    assert [k[-3:] for k in keys] == ["_r1", "_r2"]
+    assert [ctvol.open_series(report.store, k).sizes["z"] for k in keys] == [4, 4]
+    runs = report.files.groupby("key")["frame"].apply(sorted).to_dict()
+    assert sorted(runs.values()) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+def test_multiframe_frames_at_one_position_refuse_the_series(
+        sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    path = _multiframe(sample_dir, tmp_path / "in" / "mf.dcm", edit=_shift_frames(4, 0.0))
+    report = ctvol.ingest(path.parent, tmp_path / "c.zarr")
+    assert ctvol.list_series(report.store) == []
+    assert set(report.files["reason"]) == {"series-refused"}
+    assert report.files["detail"].str.contains("same position").all()
+    assert sorted(report.files["frame"]) == list(range(1, N_SLICES + 1))
 
 
 def test_multiframe_with_two_stacks_is_split(sample_dir: pathlib.Path,
