@@ -30,6 +30,11 @@ SERIES_COLUMNS = [
 ]
 
 
+#: Values of catalog columns added after format version 1's first stores.
+FILE_DEFAULTS: dict[str, Any] = {"frame": 0, "transfer_syntax": "", "lossy": False}
+SERIES_DEFAULTS: dict[str, Any] = {"transfer_syntax": "", "lossy": False}
+
+
 @dataclass
 class IngestReport:
     """What :func:`ingest` did.
@@ -367,7 +372,12 @@ def _merge_catalog(
     old_series = catalog(url, level="series", storage_options=so)
     if old_files.empty:
         return files, series
-    old_files = old_files[~old_files["path"].isin(set(files["path"]))]
+    old_files = old_files[~old_files["path"].isin(set(files["path"]))].copy()
+    # Rows of a store written before a column existed get its neutral value.
+    for df, defaults in ((old_files, FILE_DEFAULTS), (old_series, SERIES_DEFAULTS)):
+        for col, value in defaults.items():
+            if col not in df:
+                df[col] = value
     complete = set(list_series(url, storage_options=so))
     keep = old_series[~old_series["key"].isin(set(series["key"]))]
     # Old "ok" rows stay only while their series is still complete in the store.

@@ -533,3 +533,21 @@ def test_symlinked_real_sample_same_store(sample_store: str, sample_dir: pathlib
     _same_store(report.store, sample_store)
     assert sorted(report.files["reason"]) == sorted(
         ctvol.catalog(sample_store, level="files")["reason"])
+
+
+def test_catalog_of_an_older_store_gains_the_new_columns(tmp_path: pathlib.Path) -> None:
+    from ctvol.io.store import write_catalog
+
+    _series(tmp_path / "a")
+    store = str(tmp_path / "c.zarr")
+    ctvol.ingest(tmp_path / "a", store)
+    old = ["frame", "transfer_syntax", "lossy"]
+    files = ctvol.catalog(store, level="files").drop(columns=old)
+    series = ctvol.catalog(store).drop(columns=["transfer_syntax", "lossy"])
+    write_catalog(store, files, series, summary={})  # as a store written before them
+    _series(tmp_path / "b", seed=1)
+    ctvol.ingest(tmp_path / "b", store)
+    files = ctvol.catalog(store, level="files")
+    assert len(files) == 12 and files["frame"].tolist() == [0] * 12
+    assert files["lossy"].tolist() == [False] * 12
+    assert sorted(set(files["transfer_syntax"])) == ["", "1.2.840.10008.1.2.1"]

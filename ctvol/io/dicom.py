@@ -336,7 +336,8 @@ def read_header(path: str) -> FileRecord:
     FileRecord
         ``status="pending"`` with a header when the file is a candidate CT
         slice; ``status="excluded"`` with a reason otherwise. Never raises for
-        a bad file: every file gets a fate.
+        a bad file: every file gets a fate. For a multi-frame file, ``frames``
+        holds one header per frame (:func:`read_file` makes them records).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
