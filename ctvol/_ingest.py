@@ -132,7 +132,9 @@ def ingest(
     Parameters
     ----------
     inputs : path, URL or iterable of them
-        DICOM files and folders (searched recursively); local or fsspec URLs.
+        DICOM files and folders (searched recursively, hidden files included;
+        local symlinked folders and files followed, each real folder once);
+        local or fsspec URLs. Traversal rules: ``docs/storage.md``.
     store : path or URL
         The cohort store (created if absent; must be a ctvol store if present).
     modalities : sequence of str, default ("CT",)
