@@ -7,6 +7,7 @@ computes from the same files.
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import re
 import warnings
@@ -184,6 +185,32 @@ def test_multiframe_equals_its_single_frame_source(ts: str | None, sample_dir: p
     assert sorted(a.sop_uid.values) == sorted(f"{uid}#{k}" for k in range(1, N_SLICES + 1))
     again = ctvol.ingest(path.parent, tmp_path / "mf.zarr")
     assert again.written == [] and again.unchanged == [_only_series(mf)]
+
+
+def test_enhanced_ct_with_per_frame_rescale(sample_dir: pathlib.Path,
+                                            tmp_path: pathlib.Path) -> None:
+    """Enhanced CT Image Storage with a rescale per frame: each frame's own
+    Pixel Value Transformation is applied (frame 3's intercept is 10 HU lower
+    and its stored values 10 higher, so its HU are unchanged only if it is)."""
+    def enhanced(ds: pydicom.Dataset) -> None:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+        pvt = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+        del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+        for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            frame.PixelValueTransformationSequence = copy.deepcopy(pvt)
+            if k == 2:
+                frame.PixelValueTransformationSequence[0].RescaleIntercept = \
+                    float(pvt[0].RescaleIntercept) - 10
+        arr = ds.pixel_array.copy()
+        arr[2] += 10
+        ds.PixelData = arr.tobytes()
+
+    path = _multiframe(sample_dir, tmp_path / "in" / "enhanced.dcm", edit=enhanced)
+    report = ctvol.ingest(path.parent, tmp_path / "c.zarr")
+    ds = ctvol.open_series(report.store, _only_series(report))
+    hu, z = _reference(sample_dir)
+    np.testing.assert_array_equal(ds.hu.values, hu)
+    np.testing.assert_allclose(ds.z.values, z)
 
 
 def _shift_frames(first: int, dz: float) -> Callable[[pydicom.Dataset], None]:
