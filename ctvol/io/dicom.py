@@ -9,13 +9,19 @@ picklable records.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import DicomReadError, HounsfieldRangeError
+from ._files import FILE_ID_PREFIX, dangling_link, file_id, find_files, open_file
+from ._frames import frame_headers
+from ._values import float_or_none as _float_or_none
+from ._values import floats as _floats
+from ._values import int_or_none as _int_or_none
+from ._values import text as _str
 
 __all__ = [
     "FileRecord",
@@ -56,9 +62,6 @@ _FAST_SYNTAXES = {
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
 }
-#: ``sop_uid`` of a file without SOPInstanceUID: this prefix and the file's SHA-1
-#: (a UID holds only digits and dots, so the two never collide).
-FILE_ID_PREFIX = "sha1:"
 #: Transfer syntaxes a header pass cannot locate PixelData in (deflated stream,
 #: big-endian element headers): their files are read whole, in both passes.
 _WHOLE_READ_SYNTAXES = {
@@ -183,141 +186,7 @@ class FileRecord:
         }
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _split_protocol(path: str) -> tuple[Any, str]:
-    import fsspec.core
-
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
-
-
-def _walk_local(top: str, found: set[str]) -> None:
-    """Every file under ``top``, following symlinked folders, each real folder once.
-
-    Paths are kept as the user's tree shows them (through the links, never
-    resolved). A folder already visited -- a link cycle, or a link back into
-    a folder walked under another name -- is not walked again, so its files
-    are listed once, under the first path in sorted order. Symlinked files
-    and dangling links are listed like files (the header pass gives a
-    dangling link its own fate).
-    """
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirs, files in os.walk(top, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:  # reached again through a link
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        keep = []
-        for d in sorted(dirs):
-            try:
-                sd = os.stat(os.path.join(dirpath, d))
-            except OSError:  # vanished, or unreadable: os.walk reports nothing either
-                continue
-            if (sd.st_dev, sd.st_ino) not in seen:
-                keep.append(d)
-        dirs[:] = keep  # sorted: the first name of a folder wins, deterministically
-        found.update(os.path.join(dirpath, f) for f in files)
-
-
-def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Every file under the given folders and files, sorted, without duplicates.
-
-    Parameters
-    ----------
-    inputs : path, URL or iterable of them
-        Folders are searched recursively (hidden files included: they get a
-        fate like any other). Local folders are walked through symlinked
-        folders, each real folder once (a link cycle ends); symlinked files
-        and dangling links are listed under their link path. Local paths and
-        fsspec URLs (``s3://...``) are accepted; URLs list what the file
-        system's ``find`` returns.
-
-    Returns
-    -------
-    list of str
-        Absolute paths, not resolved through links (or full URLs).
-
-    Raises
-    ------
-    FileNotFoundError
-        When an input does not exist.
-    """
-    if isinstance(inputs, str | os.PathLike):
-        inputs = [inputs]
-    found: set[str] = set()
-    for item in inputs:
-        item = os.fspath(item)
-        if _is_local(item):
-            local = item.removeprefix("file://")
-            path = os.path.abspath(os.path.expanduser(local))
-            if os.path.isdir(path):
-                _walk_local(path, found)
-            elif os.path.isfile(path) or os.path.islink(path):
-                found.add(path)  # a dangling link given by name gets a fate too
-            else:
-                raise FileNotFoundError(
-                    f"input {item!r} does not exist; pass DICOM folders or files"
-                )
-        else:
-            fs, root = _split_protocol(item)
-            proto = item.split("://", 1)[0]
-            if fs.isdir(root):
-                found.update(f"{proto}://{p}" for p in fs.find(root))
-            elif fs.isfile(root):
-                found.add(item)
-            else:
-                raise FileNotFoundError(f"input {item!r} does not exist")
-    return sorted(found)
-
-
-def _open(path: str) -> Any:
-    if _is_local(path):
-        return open(path.removeprefix("file://"), "rb")
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
 # --------------------------------------------------------------------------- headers
-
-
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
 
 
 def read_header(path: str) -> FileRecord:
@@ -343,13 +212,13 @@ def read_header(path: str) -> FileRecord:
     from pydicom.errors import InvalidDicomError
 
     rec = FileRecord(path=path)
-    dangling = _dangling_link(path)
+    dangling = dangling_link(path)
     if dangling:
         return rec.exclude("dangling-link", dangling)
     try:
         # No warnings.catch_warnings() here: it swaps process-global filters
         # and is not thread-safe (concurrent tasks can leave "ignore" behind).
-        with _open(path) as fh:
+        with open_file(path) as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(0)
@@ -424,7 +293,7 @@ def read_header(path: str) -> FileRecord:
         1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
     header = SliceHeader(
         path=path,
-        sop_uid=_str(ds.get("SOPInstanceUID")) or _file_id(path),
+        sop_uid=_str(ds.get("SOPInstanceUID")) or file_id(path),
         sop_class=sop_class,
         series_uid=_str(ds.get("SeriesInstanceUID")),
         study_uid=_str(ds.get("StudyInstanceUID")),
@@ -456,7 +325,7 @@ def read_header(path: str) -> FileRecord:
         lossy=_is_lossy(ds, ts),
     )
     if header.n_frames > 1:
-        frames = _frame_headers(ds, header)
+        frames = frame_headers(ds, header)
         if isinstance(frames, str):
             return rec.exclude("multi-frame", frames)
         rec.frames = frames
@@ -477,107 +346,11 @@ def read_file(path: str) -> list[FileRecord]:
     return [FileRecord(path=path, header=h) for h in rec.frames]
 
 
-def _item(seq: Any) -> Any:
-    return seq[0] if seq else None
-
-
-def _macro(groups: Sequence[Any], sequence: str) -> Any:
-    """The first item of a functional group macro, per-frame before shared."""
-    for g in groups:
-        if g is not None and sequence in g:
-            item = _item(g[sequence].value)
-            if item is not None:
-                return item
-    return None
-
-
-def _frame_headers(ds: Any, header: SliceHeader) -> list[SliceHeader] | str:
-    """One header per frame of a multi-frame file, or why its frames cannot be placed.
-
-    Position, orientation, pixel spacing and rescale come from the Plane
-    Position, Plane Orientation, Pixel Measures and Pixel Value
-    Transformation functional groups (per-frame first, then shared); the top
-    level is the fallback for rescale, orientation and spacing. Frames of
-    different stacks (StackID) or temporal positions are told apart by
-    ``stack``, so that planning splits them into parts.
-    """
-    import dataclasses
-
-    n = header.n_frames
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    shared = _item(ds.get("SharedFunctionalGroupsSequence"))
-    if per_frame is None and shared is None:
-        return (f"{n} frames in one file without functional groups (Per-frame/Shared "
-                "Functional Groups Sequence), so the frames cannot be placed in space; convert "
-                "it to an enhanced CT or to single-frame images with the scanner's tools")
-    if per_frame is not None and len(per_frame) != n:
-        return (f"NumberOfFrames is {n} but the Per-frame Functional Groups Sequence has "
-                f"{len(per_frame)} items: the file is inconsistent; re-export it")
-    out = []
-    for i in range(n):
-        groups = ((per_frame[i] if per_frame is not None else None), shared)
-        pos = _macro(groups, "PlanePositionSequence")
-        ori = _macro(groups, "PlaneOrientationSequence")
-        meas = _macro(groups, "PixelMeasuresSequence")
-        pvt = _macro(groups, "PixelValueTransformationSequence")
-        content = _macro(groups, "FrameContentSequence")
-        position = _floats(pos.get("ImagePositionPatient") if pos else None, 3)
-        if position is None:
-            return (f"frame {i + 1} of {n} has no ImagePositionPatient in its Plane Position "
-                    "functional group: the frames cannot be placed in space; re-export the "
-                    "series as single-frame images")
-        orientation = _floats(ori.get("ImageOrientationPatient") if ori else None, 6) \
-            or header.orientation
-        spacing = _floats(meas.get("PixelSpacing") if meas else None, 2) or header.pixel_spacing
-        rescale = header.rescale
-        if pvt is not None and ("RescaleSlope" in pvt or "RescaleIntercept" in pvt):
-            slope = _float_or_none(pvt.get("RescaleSlope"))
-            intercept = _float_or_none(pvt.get("RescaleIntercept"))
-            rescale = (1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
-        stack = ""
-        if content is not None:
-            stack = f"{_str(content.get('StackID'))}/{_str(content.get('TemporalPositionIndex'))}"
-        thickness = _float_or_none(meas.get("SliceThickness")) if meas else None
-        out.append(dataclasses.replace(
-            header, frame=i + 1, position=position,  # type: ignore[arg-type]
-            orientation=orientation, pixel_spacing=spacing,  # type: ignore[arg-type]
-            rescale=rescale, stack=stack,
-            slice_thickness=header.slice_thickness if thickness is None else thickness,
-        ))
-    return out
-
-
 def _is_lossy(ds: Any, ts: str) -> bool:
     """LossyImageCompression "01", or a lossy transfer syntax the file does not
     declare lossless ("00")."""
     flag = _str(ds.get("LossyImageCompression")).strip()
     return flag == "01" or (ts in LOSSY_SYNTAXES and flag != "00")
-
-
-def _file_id(path: str) -> str:
-    """A stable identity for a file without SOPInstanceUID: SHA-1 of its bytes."""
-    import hashlib
-
-    h = hashlib.sha1()
-    with _open(path) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return FILE_ID_PREFIX + h.hexdigest()
-
-
-def _dangling_link(path: str) -> str | None:
-    """Why a local symlink leads to no file (None for anything else)."""
-    if not _is_local(path):
-        return None
-    local = path.removeprefix("file://")
-    if not os.path.islink(local) or os.path.exists(local):
-        return None
-    try:
-        target = os.readlink(local)
-    except OSError:
-        target = "?"
-    return (f"dangling symlink: {local} points to {target}, which does not exist (or the "
-            "links loop); fix or remove the link")
 
 
 def _header_length(ts: str) -> int:
@@ -705,7 +478,7 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
         # Fast path: decode the value the header pass located, with pydicom's
         # decoder for the transfer syntax; no second parse of the header.
         try:
-            with _open(path) as fh:
+            with open_file(path) as fh:
                 fh.seek(0, os.SEEK_END)
                 if fh.tell() != header.file_size:
                     raise DicomReadError(
@@ -722,7 +495,7 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
             raise _decode_error(path, header.transfer_syntax, exc) from exc
         return raw, None
     try:
-        with _open(path) as fh:
+        with open_file(path) as fh:
             ds = pydicom.dcmread(fh)
             if header is not None and header.frame:
                 ds.pixel_array_options(index=header.frame - 1)
