@@ -551,3 +551,13 @@ def test_catalog_of_an_older_store_gains_the_new_columns(tmp_path: pathlib.Path)
     assert len(files) == 12 and files["frame"].tolist() == [0] * 12
     assert files["lossy"].tolist() == [False] * 12
     assert sorted(set(files["transfer_syntax"])) == ["", "1.2.840.10008.1.2.1"]
+
+
+def test_hidden_files_and_folders_are_read(tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "in"
+    _series(d / ".hidden_series")
+    write_non_dicom(d / ".DS_Store")
+    report = ctvol.ingest(d, tmp_path / "c.zarr")
+    files = report.files.set_index("path")
+    assert files.loc[str(d / ".DS_Store"), "reason"] == "not-dicom"
+    assert (files["status"] == "stored").sum() == 6
