@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import GeometryWarning, NoInputError
+from .errors import GeometryWarning, IngestWarning, NoInputError
 from .io.store import SERIES_COLUMNS
 
 if TYPE_CHECKING:
@@ -23,6 +23,11 @@ __all__ = ["IngestReport", "ingest"]
 #: Files per header-reading task: 1.5-3 ms per file here, so 32-256 files
 #: make tasks of ~0.1-0.5 s, and at least ~16 tasks when there are enough files.
 HEADER_BATCH = (32, 256)
+
+#: Values of catalog columns added after format version 1's first stores.
+FILE_DEFAULTS: dict[str, Any] = {"frame": 0, "transfer_syntax": "", "lossy": False}
+SERIES_DEFAULTS: dict[str, Any] = {"transfer_syntax": "", "lossy": False}
+
 
 @dataclass
 class IngestReport:
@@ -120,7 +125,9 @@ def ingest(
     Parameters
     ----------
     inputs : path, URL or iterable of them
-        DICOM files and folders (searched recursively); local or fsspec URLs.
+        DICOM files and folders (searched recursively, hidden files included;
+        local symlinked folders and files followed, each real folder once);
+        local or fsspec URLs. Traversal rules: ``docs/storage.md``.
     store : path or URL
         The cohort store (created if absent; must be a ctvol store if present).
     modalities : sequence of str, default ("CT",)
@@ -156,6 +163,9 @@ def ingest(
     -----
     GeometryWarning
         Once per series with tilt, splits or disagreeing InstanceNumber order.
+    IngestWarning
+        Once per series without SeriesInstanceUID (grouped as dcm2niix does),
+        or with slices without SOPInstanceUID (identified by their file's SHA-1).
 
     Examples
     --------
@@ -203,7 +213,7 @@ def ingest(
     to_write, unchanged = [], []
     for plan in plans:
         prev = existing.get(plan.key)
-        digest = st.sop_digest([h.sop_uid for h in plan.headers])
+        digest = st.sop_digest([h.slice_id for h in plan.headers])
         if prev is not None and prev.get("sop_digest") == digest:
             unchanged.append(plan)
         else:
@@ -229,7 +239,8 @@ def ingest(
 
     for plan in plans:
         for w in plan.warnings:
-            warnings.warn(w, GeometryWarning, stacklevel=2)
+            cls = IngestWarning if w in plan.identity_warnings else GeometryWarning
+            warnings.warn(w, cls, stacklevel=2)
 
     files_df, series_df = _tables(records, plans, refused, results, {p.key for p in unchanged})
     files_all, series_all = _merge_catalog(url, so, files_df, series_df)
@@ -310,6 +321,8 @@ def _tables(
             else 0, "rows": h.rows, "cols": h.cols, "dz": plan.spacing[0],
             "dy": plan.spacing[1], "dx": plan.spacing[2], "tilt_deg": plan.tilt_deg,
             "warnings": " | ".join(plan.warnings),
+            "transfer_syntax": h.transfer_syntax,
+            "lossy": bool(any(x.lossy for x in plan.headers)),
         })
     for rec in records:
         if rec.status == "pending":
@@ -349,7 +362,7 @@ def _group_row(key: str, status: str, reason: str, detail: str, uid: str, n: int
             "detail": detail,
             "series_uid": uid, "series_number": -1, "description": desc, "n_files": n,
             "n_slices": 0, "rows": 0, "cols": 0, "dz": nan, "dy": nan, "dx": nan,
-            "tilt_deg": nan, "warnings": ""}
+            "tilt_deg": nan, "warnings": "", "transfer_syntax": "", "lossy": False}
 
 
 def _merge_catalog(
@@ -364,7 +377,12 @@ def _merge_catalog(
     old_series = catalog(url, level="series", storage_options=so)
     if old_files.empty:
         return files, series
-    old_files = old_files[~old_files["path"].isin(set(files["path"]))]
+    old_files = old_files[~old_files["path"].isin(set(files["path"]))].copy()
+    # Rows of a store written before a column existed get its neutral value.
+    for df, defaults in ((old_files, FILE_DEFAULTS), (old_series, SERIES_DEFAULTS)):
+        for col, value in defaults.items():
+            if col not in df:
+                df[col] = value
     complete = set(list_series(url, storage_options=so))
     keep = old_series[~old_series["key"].isin(set(series["key"]))]
     # Old "ok" rows stay only while their series is still complete in the store.

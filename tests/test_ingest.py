@@ -457,3 +457,114 @@ def test_ingest_round_trips_hu_and_geometry(
     assert ds.attrs["spacing"] == pytest.approx([dz, *pixel], rel=1e-6)
     np.testing.assert_allclose(ds.position.values[0], origin, atol=1e-4)
     assert ds.attrs["tilt_deg"] == pytest.approx(tilt, abs=0.01)
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+def _same_store(a: str, b: str) -> None:
+    """Both stores hold the same series: keys, HU, coordinates and geometry attrs."""
+    assert ctvol.list_series(a) == ctvol.list_series(b)
+    for key in ctvol.list_series(a):
+        da, db = ctvol.open_series(a, key), ctvol.open_series(b, key)
+        np.testing.assert_array_equal(da.hu.values, db.hu.values)
+        for name in ("z", "y", "x", "sop_uid", "instance_number", "position"):
+            np.testing.assert_array_equal(da[name].values, db[name].values)
+        skip = {"ctvol_history"}
+        assert {k: v for k, v in da.attrs.items() if k not in skip} == \
+            {k: v for k, v in db.attrs.items() if k not in skip}
+
+
+def test_symlinked_series_folder_and_files(tmp_path: pathlib.Path) -> None:
+    real = tmp_path / "real"
+    paths = _series(real / "s1", shuffle_names=False)
+    _series(real / "s2", seed=1, series_number=2)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "linked_series").symlink_to(real / "s1", target_is_directory=True)
+    (tree / "files").mkdir()
+    for p in sorted((real / "s2").iterdir()):
+        (tree / "files" / p.name).symlink_to(p)
+    report = ctvol.ingest(tree, tmp_path / "links.zarr")
+    assert (report.files["status"] == "stored").all()
+    # Paths as the user's tree shows them: through the links, not resolved.
+    assert set(report.files["path"]) == (
+        {str(tree / "linked_series" / p.name) for p in paths}
+        | {str(tree / "files" / p.name) for p in (real / "s2").iterdir()})
+    ctvol.ingest(real, tmp_path / "targets.zarr")
+    _same_store(str(tmp_path / "links.zarr"), str(tmp_path / "targets.zarr"))
+    # Re-run: the link target is the same, so the series are unchanged.
+    again = ctvol.ingest(tree, tmp_path / "links.zarr")
+    assert again.written == [] and len(again.unchanged) == 2
+
+
+def test_dangling_link_has_its_own_reason(tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "in"
+    _series(d)
+    (d / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (d / "loop_a").symlink_to(d / "loop_b")
+    (d / "loop_b").symlink_to(d / "loop_a")
+    report = ctvol.ingest(d, tmp_path / "c.zarr")
+    files = report.files.set_index("path")
+    for name in ("gone.dcm", "loop_a", "loop_b"):
+        row = files.loc[str(d / name)]
+        assert row["reason"] == "dangling-link", (name, row["detail"])
+        assert str(d / name) in row["detail"]
+    assert "nowhere.dcm" in files.loc[str(d / "gone.dcm"), "detail"]
+    assert (files["status"] == "stored").sum() == 6
+    # A dangling link given by name is an input with a fate, not a missing input.
+    one = ctvol.ingest([d / "gone.dcm", *sorted(d.glob("slice_*"))], tmp_path / "c2.zarr")
+    assert one.files.set_index("path").loc[str(d / "gone.dcm"), "reason"] == "dangling-link"
+
+
+def test_link_cycle_and_link_back_are_walked_once(tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "in"
+    paths = _series(d / "series", shuffle_names=False)
+    (d / "series" / "cycle").symlink_to(d, target_is_directory=True)  # in -> ... -> in
+    (d / "again").symlink_to(d / "series", target_is_directory=True)  # a second name
+    report = ctvol.ingest(d, tmp_path / "c.zarr")
+    # Each file once, under the first name in sorted order ("again" < "series").
+    assert sorted(report.files["path"]) == sorted(str(d / "again" / p.name) for p in paths)
+    assert (report.files["status"] == "stored").all()
+    assert len(ctvol.list_series(tmp_path / "c.zarr")) == 1
+
+
+def test_symlinked_real_sample_same_store(sample_store: str, sample_dir: pathlib.Path,
+                                          tmp_path: pathlib.Path) -> None:
+    links = tmp_path / "links"
+    for p in sample_dir.rglob("*"):
+        if p.is_file():
+            (links / p.parent.relative_to(sample_dir)).mkdir(parents=True, exist_ok=True)
+            (links / p.relative_to(sample_dir)).symlink_to(p)
+    report = ctvol.ingest(links, tmp_path / "c.zarr")
+    _same_store(report.store, sample_store)
+    assert sorted(report.files["reason"]) == sorted(
+        ctvol.catalog(sample_store, level="files")["reason"])
+
+
+def test_catalog_of_an_older_store_gains_the_new_columns(tmp_path: pathlib.Path) -> None:
+    from ctvol.io.store import write_catalog
+
+    _series(tmp_path / "a")
+    store = str(tmp_path / "c.zarr")
+    ctvol.ingest(tmp_path / "a", store)
+    old = ["frame", "transfer_syntax", "lossy"]
+    files = ctvol.catalog(store, level="files").drop(columns=old)
+    series = ctvol.catalog(store).drop(columns=["transfer_syntax", "lossy"])
+    write_catalog(store, files, series, summary={})  # as a store written before them
+    _series(tmp_path / "b", seed=1)
+    ctvol.ingest(tmp_path / "b", store)
+    files = ctvol.catalog(store, level="files")
+    assert len(files) == 12 and files["frame"].tolist() == [0] * 12
+    assert files["lossy"].tolist() == [False] * 12
+    assert sorted(set(files["transfer_syntax"])) == ["", "1.2.840.10008.1.2.1"]
+
+
+def test_hidden_files_and_folders_are_read(tmp_path: pathlib.Path) -> None:
+    d = tmp_path / "in"
+    _series(d / ".hidden_series")
+    write_non_dicom(d / ".DS_Store")
+    report = ctvol.ingest(d, tmp_path / "c.zarr")
+    files = report.files.set_index("path")
+    assert files.loc[str(d / ".DS_Store"), "reason"] == "not-dicom"
+    assert (files["status"] == "stored").sum() == 6

@@ -23,10 +23,11 @@ __all__ = ["REASONS", "SeriesPlan", "plan_series", "series_key"]
 #: Every reason code a file or series can be excluded with, and what it means.
 REASONS: dict[str, str] = {
     "not-dicom": "not a DICOM file",
+    "dangling-link": "a symlink whose target does not exist (or links that loop)",
     "unreadable": "a DICOM file that cannot be parsed",
     "truncated": "pixel data shorter than the header declares",
     "no-pixel-data": "no image: a DICOMDIR/DIRFILE or another non-image object",
-    "multi-frame": "multi-frame (enhanced) image: not supported yet",
+    "multi-frame": "multi-frame image whose frames cannot be placed (no functional groups)",
     "modality": "modality not selected for ingest (default: CT only)",
     "localizer": "localizer/scout image (ImageType), not part of a volume",
     "secondary-capture": "secondary capture / screen capture, not a volume",
@@ -83,6 +84,9 @@ class SeriesPlan:
     tilt_deg: float = 0.0
     warnings: list[str] = field(default_factory=list)
     split: str = ""
+    #: The warnings (also in ``warnings``) about made-up identities: no
+    #: SeriesInstanceUID, or slices identified by their file's SHA-1.
+    identity_warnings: list[str] = field(default_factory=list)
 
     @property
     def first(self) -> SliceHeader:
@@ -117,8 +121,6 @@ def _file_exclusion(
     missing = [
         name
         for name, value in (
-            ("SeriesInstanceUID (0020,000E)", h.series_uid),
-            ("SOPInstanceUID (0008,0018)", h.sop_uid),
             ("ImagePositionPatient (0020,0032)", h.position),
             ("ImageOrientationPatient (0020,0037)", h.orientation),
             ("PixelSpacing (0028,0030)", h.pixel_spacing),
@@ -127,11 +129,6 @@ def _file_exclusion(
         )
         if not value
     ]
-    if h.n_frames > 1:
-        return "multi-frame", (
-            f"{h.n_frames} frames in one file (enhanced/multi-frame CT) is not supported yet; "
-            "convert it to single-frame images (e.g. dcm2niix or gdcmconv --split)"
-        )
     if modalities and h.modality not in modalities:
         return "modality", (
             f"Modality {h.modality or '(missing)'} is not in {list(modalities)}; "
@@ -169,20 +166,35 @@ def _file_exclusion(
     return None
 
 
-def _same_pixels(a: str, b: str) -> bool:
-    import pydicom
+def _same_pixels(a: SliceHeader, b: SliceHeader) -> bool:
+    """Whether two slices (files or frames) hold the same HU."""
+    from .dicom import decode_hu
 
-    from .dicom import _open
+    if (a.rows, a.cols) != (b.rows, b.cols):
+        return False
+    hu_a, _ = decode_hu(a.path, header=a, padding_fill=None)
+    hu_b, _ = decode_hu(b.path, header=b, padding_fill=None)
+    return bool(np.array_equal(hu_a, hu_b))
 
-    with _open(a) as fa, _open(b) as fb:
-        da, db = pydicom.dcmread(fa), pydicom.dcmread(fb)
-        return bool(
-            da.Rows == db.Rows and da.Columns == db.Columns
-            and np.array_equal(da.pixel_array, db.pixel_array)
-            and float(da.get("RescaleSlope", 1) or 1) == float(db.get("RescaleSlope", 1) or 1)
-            and float(da.get("RescaleIntercept", 0) or 0)
-            == float(db.get("RescaleIntercept", 0) or 0)
-        )
+
+#: What a series is grouped by when it has no SeriesInstanceUID (as dcm2niix:
+#: study, frame of reference, series and acquisition numbers, then the
+#: geometry and ImageType that split a series into parts anyway).
+_NO_UID_GROUPING = ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "SeriesNumber",
+                    "AcquisitionNumber", "orientation", "matrix", "pixel spacing", "ImageType")
+
+
+def _group_id(h: SliceHeader) -> str:
+    """The series a slice belongs to: its SeriesInstanceUID, or, without one, a
+    deterministic key from what dcm2niix groups by (:data:`_NO_UID_GROUPING`)."""
+    if h.series_uid:
+        return h.series_uid
+    import hashlib
+
+    what = (h.study_uid, h.frame_of_reference_uid, h.patient_id, h.series_number,
+            h.acquisition_number, *_variant(h))
+    num = f"{h.series_number}-" if h.series_number is not None else ""
+    return f"nouid-{num}{hashlib.sha1(repr(what).encode()).hexdigest()[:16]}"
 
 
 def _variant(h: SliceHeader) -> tuple[Any, ...]:
@@ -192,10 +204,12 @@ def _variant(h: SliceHeader) -> tuple[Any, ...]:
         (h.rows, h.cols),
         tuple(np.round(h.pixel_spacing, 4) + 0.0),
         h.image_type,
+        h.stack,
     )
 
 
-_VARIANT_NAMES = ("orientation", "matrix size", "pixel spacing", "ImageType")
+_VARIANT_NAMES = ("orientation", "matrix size", "pixel spacing", "ImageType",
+                  "stack (StackID/TemporalPositionIndex of multi-frame files)")
 
 
 def plan_series(
@@ -240,20 +254,21 @@ def plan_series(
             candidates.append(rec)
 
     refused: list[RefusedGroup] = []
-    # The same SOPInstanceUID twice: a copy (drop it) or a conflict (refuse).
+    group_of = {id(rec): _group_id(rec.header) for rec in candidates}  # type: ignore[arg-type]
+    # The same SOPInstanceUID (and frame) twice: a copy (drop it) or a conflict (refuse).
     by_sop: dict[str, list[FileRecord]] = defaultdict(list)
     for rec in candidates:
-        by_sop[rec.header.sop_uid].append(rec)  # type: ignore[union-attr]
+        by_sop[rec.header.slice_id].append(rec)  # type: ignore[union-attr]
     conflicted_series: dict[str, str] = {}
     for sop, recs in by_sop.items():
         if len(recs) < 2:
             continue
         kept = recs[0]
         for other in recs[1:]:
-            if _same_pixels(kept.path, other.path):
+            if _same_pixels(kept.header, other.header):  # type: ignore[arg-type]
                 other.exclude("duplicate", f"same SOPInstanceUID {sop} and pixels as {kept.path}")
             else:
-                conflicted_series[kept.header.series_uid] = (  # type: ignore[union-attr]
+                conflicted_series[group_of[id(kept)]] = (
                     f"files {kept.path} and {other.path} share SOPInstanceUID {sop} but their "
                     "pixel data differ: the series is ambiguous; remove the wrong file"
                 )
@@ -261,7 +276,7 @@ def plan_series(
 
     by_uid: dict[str, list[FileRecord]] = defaultdict(list)
     for rec in candidates:
-        by_uid[rec.header.series_uid].append(rec)  # type: ignore[union-attr]
+        by_uid[group_of[id(rec)]].append(rec)
 
     plans: list[SeriesPlan] = []
     for uid in sorted(by_uid):
@@ -290,10 +305,36 @@ def plan_series(
         ordered = sorted(variants.items(), key=lambda kv: (-len(kv[1]), kv[1][0].path))
         for p, (_, part_recs) in enumerate(ordered, start=1):
             part = p if len(variants) > 1 else None
-            plans.extend(
-                _plan_part(uid, part, part_recs, desc, split_note, split_gaps, refused)
-            )
+            new = _plan_part(uid, part, part_recs, desc, split_note, split_gaps, refused)
+            for plan in new:
+                _note_identity(plan, recs)
+            plans.extend(new)
     return plans, refused
+
+
+def _note_identity(plan: SeriesPlan, recs: list[FileRecord]) -> None:
+    """Warn (on the series and its files) when UIDs had to be made up."""
+    notes = []
+    first = plan.first
+    if not first.series_uid:
+        notes.append(
+            f"{_describe(plan.key, first)} has no SeriesInstanceUID: its files were grouped by "
+            f"{', '.join(_NO_UID_GROUPING)} (as dcm2niix) under key {plan.key}; check that "
+            "no two series were merged, or restore the UIDs"
+        )
+    n_no_sop = sum(h.sop_from_file for h in plan.headers)
+    if n_no_sop:
+        notes.append(
+            f"{_describe(plan.key, first)}: {n_no_sop} of {len(plan.headers)} slices have no "
+            "SOPInstanceUID: each is identified by the SHA-1 of its file ('sha1:...' in sop_uid)"
+        )
+    if not notes:
+        return
+    plan.identity_warnings = notes
+    plan.warnings[:0] = notes
+    for r in recs:
+        if r.key == plan.key:
+            r.detail = " | ".join(notes)
 
 
 def _plan_part(
@@ -320,7 +361,7 @@ def _plan_part(
         kept = sorted_recs[group[0]]
         for i in group[1:]:
             other = sorted_recs[i]
-            if _same_pixels(kept.path, other.path):
+            if _same_pixels(kept.header, other.header):  # type: ignore[arg-type]
                 other.exclude("duplicate", f"same position z={geo.z[i]:.3f} mm and pixels as "
                               f"{kept.path}")
                 continue

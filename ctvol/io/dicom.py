@@ -9,13 +9,19 @@ picklable records.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import DicomReadError, HounsfieldRangeError
+from ._files import FILE_ID_PREFIX, dangling_link, file_id, find_files, open_file
+from ._frames import frame_headers
+from ._values import float_or_none as _float_or_none
+from ._values import floats as _floats
+from ._values import int_or_none as _int_or_none
+from ._values import text as _str
 
 __all__ = [
     "FileRecord",
@@ -23,6 +29,7 @@ __all__ = [
     "SliceHeader",
     "decode_hu",
     "find_files",
+    "read_file",
     "read_header",
     "read_headers",
 ]
@@ -46,6 +53,7 @@ _FAST_SYNTAXES = {
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
     "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
@@ -53,6 +61,23 @@ _FAST_SYNTAXES = {
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
+}
+#: Transfer syntaxes a header pass cannot locate PixelData in (deflated stream,
+#: big-endian element headers): their files are read whole, in both passes.
+_WHOLE_READ_SYNTAXES = {
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still exported)
+}
+#: Transfer syntaxes that may only hold lossy-compressed pixels (or, JPEG 2000,
+#: JPEG-LS near-lossless, HTJ2K, usually do): flagged lossy unless the file says
+#: LossyImageCompression "00".
+LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8 bit)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (12 bit)
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossy or lossless)
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 multi-component
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
 }
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 
@@ -101,6 +126,25 @@ class SliceHeader:
     #: (RescaleSlope, RescaleIntercept); None when a Modality LUT Sequence applies.
     rescale: tuple[float, float] | None = None
     file_size: int = 0
+    acquisition_number: int | None = None
+    #: 1-based frame number in a multi-frame file; 0 for a single-frame file.
+    frame: int = 0
+    #: What separates stacks inside one multi-frame file (StackID and
+    #: TemporalPositionIndex of the frame); "" for single-frame files.
+    stack: str = ""
+    #: LossyImageCompression "01", or a lossy transfer syntax.
+    lossy: bool = False
+
+    @property
+    def slice_id(self) -> str:
+        """Identity of this slice: the SOPInstanceUID (or the file's SHA-1 when
+        the file has none), with ``#<frame>`` for a frame of a multi-frame file."""
+        return self.sop_uid if not self.frame else f"{self.sop_uid}#{self.frame}"
+
+    @property
+    def sop_from_file(self) -> bool:
+        """True when the file has no SOPInstanceUID and ``sop_uid`` is its SHA-1."""
+        return self.sop_uid.startswith(FILE_ID_PREFIX)
 
 
 @dataclass(slots=True)
@@ -118,6 +162,9 @@ class FileRecord:
     detail: str = ""
     key: str = ""
     header: SliceHeader | None = field(default=None, repr=False)
+    #: Headers of every frame of a multi-frame file (:func:`read_file` makes
+    #: one record of each); None for single-frame files.
+    frames: list[SliceHeader] | None = field(default=None, repr=False)
 
     def exclude(self, reason: str, detail: str) -> FileRecord:
         self.status, self.reason, self.detail = "excluded", reason, detail
@@ -133,113 +180,13 @@ class FileRecord:
             "key": self.key,
             "series_uid": h.series_uid if h else "",
             "sop_uid": h.sop_uid if h else "",
+            "frame": h.frame if h else 0,
+            "transfer_syntax": h.transfer_syntax if h else "",
+            "lossy": bool(h.lossy) if h else False,
         }
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _split_protocol(path: str) -> tuple[Any, str]:
-    import fsspec.core
-
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in str(path) or str(path).startswith("file://")
-
-
-def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Every file under the given folders and files, sorted, without duplicates.
-
-    Parameters
-    ----------
-    inputs : path, URL or iterable of them
-        Folders are searched recursively (hidden files included: they get a
-        fate like any other). Local paths and fsspec URLs (``s3://...``) are
-        accepted.
-
-    Returns
-    -------
-    list of str
-        Absolute paths (or full URLs).
-
-    Raises
-    ------
-    FileNotFoundError
-        When an input does not exist.
-    """
-    if isinstance(inputs, str | os.PathLike):
-        inputs = [inputs]
-    found: set[str] = set()
-    for item in inputs:
-        item = os.fspath(item)
-        if _is_local(item):
-            local = item.removeprefix("file://")
-            path = os.path.abspath(os.path.expanduser(local))
-            if os.path.isdir(path):
-                for dirpath, _dirs, files in os.walk(path):
-                    found.update(os.path.join(dirpath, f) for f in files)
-            elif os.path.isfile(path):
-                found.add(path)
-            else:
-                raise FileNotFoundError(
-                    f"input {item!r} does not exist; pass DICOM folders or files"
-                )
-        else:
-            fs, root = _split_protocol(item)
-            proto = item.split("://", 1)[0]
-            if fs.isdir(root):
-                found.update(f"{proto}://{p}" for p in fs.find(root))
-            elif fs.isfile(root):
-                found.add(item)
-            else:
-                raise FileNotFoundError(f"input {item!r} does not exist")
-    return sorted(found)
-
-
-def _open(path: str) -> Any:
-    if _is_local(path):
-        return open(path.removeprefix("file://"), "rb")
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
-
-
 # --------------------------------------------------------------------------- headers
-
-
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _str(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
 
 
 def read_header(path: str) -> FileRecord:
@@ -258,16 +205,20 @@ def read_header(path: str) -> FileRecord:
     FileRecord
         ``status="pending"`` with a header when the file is a candidate CT
         slice; ``status="excluded"`` with a reason otherwise. Never raises for
-        a bad file: every file gets a fate.
+        a bad file: every file gets a fate. For a multi-frame file, ``frames``
+        holds one header per frame (:func:`read_file` makes them records).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     rec = FileRecord(path=path)
+    dangling = dangling_link(path)
+    if dangling:
+        return rec.exclude("dangling-link", dangling)
     try:
         # No warnings.catch_warnings() here: it swaps process-global filters
         # and is not thread-safe (concurrent tasks can leave "ignore" behind).
-        with _open(path) as fh:
+        with open_file(path) as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(0)
@@ -278,7 +229,13 @@ def read_header(path: str) -> FileRecord:
             meta = getattr(ds, "file_meta", None)
             ts = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
             tail = b""
-            if _value_length(px_head, ts) == 0xFFFFFFFF:
+            whole = None
+            if ts in _WHOLE_READ_SYNTAXES:
+                # Deflated or big endian: the stream position and the element
+                # header bytes mean nothing here; read the file whole instead.
+                fh.seek(0)
+                whole = pydicom.dcmread(fh)
+            elif _value_length(px_head, ts) == 0xFFFFFFFF:
                 # Encapsulated pixel data: its end is checked by the closing
                 # delimiter, so only then is the end of the file read.
                 fh.seek(max(px_at, size - 1024))
@@ -303,12 +260,16 @@ def read_header(path: str) -> FileRecord:
             "cannot parse DICOM: no data elements after the file meta (corrupt or not an "
             "image object); re-export the file",
         )
-    if px_head[:4] != PIXEL_DATA_TAG:
+    has_pixels = "PixelData" in whole if whole is not None else px_head[:4] == PIXEL_DATA_TAG
+    if not has_pixels:
         return rec.exclude(
             "no-pixel-data",
             f"no PixelData element (SOP class {sop_class or 'unknown'}): not an image",
         )
-    problem = _pixel_data_problem(ds, ts, px_at, px_head, size, tail)
+    if whole is not None:
+        problem = _native_length_problem(ds, len(whole.PixelData))
+    else:
+        problem = _pixel_data_problem(ds, ts, px_at, px_head, size, tail)
     if problem:
         return rec.exclude("truncated", f"{problem}; re-copy or re-export the file")
 
@@ -332,7 +293,7 @@ def read_header(path: str) -> FileRecord:
         1.0 if slope is None else slope, 0.0 if intercept is None else intercept)
     header = SliceHeader(
         path=path,
-        sop_uid=_str(ds.get("SOPInstanceUID")),
+        sop_uid=_str(ds.get("SOPInstanceUID")) or file_id(path),
         sop_class=sop_class,
         series_uid=_str(ds.get("SeriesInstanceUID")),
         study_uid=_str(ds.get("StudyInstanceUID")),
@@ -360,9 +321,36 @@ def read_header(path: str) -> FileRecord:
         pixel_options=options if fast else None,
         rescale=rescale,
         file_size=size,
+        acquisition_number=_int_or_none(ds.get("AcquisitionNumber")),
+        lossy=_is_lossy(ds, ts),
     )
+    if header.n_frames > 1:
+        frames = frame_headers(ds, header)
+        if isinstance(frames, str):
+            return rec.exclude("multi-frame", frames)
+        rec.frames = frames
     rec.header = header
     return rec
+
+
+def read_file(path: str) -> list[FileRecord]:
+    """:func:`read_header`, with one record per frame of a multi-frame file.
+
+    Every frame of an enhanced (or legacy converted enhanced) CT file becomes
+    its own record, placed by its functional groups (``SliceHeader.frame`` is
+    its 1-based number), so that each frame gets a fate in the catalog.
+    """
+    rec = read_header(path)
+    if rec.frames is None:
+        return [rec]
+    return [FileRecord(path=path, header=h) for h in rec.frames]
+
+
+def _is_lossy(ds: Any, ts: str) -> bool:
+    """LossyImageCompression "01", or a lossy transfer syntax the file does not
+    declare lossless ("00")."""
+    flag = _str(ds.get("LossyImageCompression")).strip()
+    return flag == "01" or (ts in LOSSY_SYNTAXES and flag != "00")
 
 
 def _header_length(ts: str) -> int:
@@ -392,6 +380,11 @@ def _pixel_data_problem(
     if at + hlen + length > size:
         return (f"truncated: PixelData declares {length} bytes at offset {at + hlen} but the "
                 f"file has {size} bytes")
+    return _native_length_problem(ds, length)
+
+
+def _native_length_problem(ds: Any, length: int) -> str | None:
+    """Why ``length`` bytes of native pixel data cannot hold the declared frames."""
     frames = _int_or_none(ds.get("NumberOfFrames")) or 1
     needed = (
         (_int_or_none(ds.get("Rows")) or 0) * (_int_or_none(ds.get("Columns")) or 0)
@@ -443,7 +436,7 @@ def read_headers(paths: Sequence[str]) -> FileRecords:
     becomes ~0.8 kB, measured on synthetic_cohort files).
     """
     memo: dict[Any, Any] = {}
-    records = FileRecords(read_header(p) for p in paths)
+    records = FileRecords(r for p in paths for r in read_file(p))
     for rec in records:
         if rec.header is not None:
             _share(rec.header, memo)
@@ -485,7 +478,7 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
         # Fast path: decode the value the header pass located, with pydicom's
         # decoder for the transfer syntax; no second parse of the header.
         try:
-            with _open(path) as fh:
+            with open_file(path) as fh:
                 fh.seek(0, os.SEEK_END)
                 if fh.tell() != header.file_size:
                     raise DicomReadError(
@@ -494,20 +487,23 @@ def _read_raw(path: str, header: SliceHeader | None) -> tuple[np.ndarray, Any]:
                     )
                 fh.seek(header.pixel_offset)
                 decoder = get_decoder(header.transfer_syntax)
-                raw, _ = decoder.as_array(fh, index=0, **header.pixel_options)
+                index = header.frame - 1 if header.frame else 0
+                raw, _ = decoder.as_array(fh, index=index, **header.pixel_options)
         except DicomReadError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise _decode_error(path, header.transfer_syntax, exc) from exc
         return raw, None
     try:
-        with _open(path) as fh:
+        with open_file(path) as fh:
             ds = pydicom.dcmread(fh)
+            if header is not None and header.frame:
+                ds.pixel_array_options(index=header.frame - 1)
             raw = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
         meta = getattr(locals().get("ds"), "file_meta", None)
         raise _decode_error(path, str(getattr(meta, "TransferSyntaxUID", "") or ""), exc) from exc
-    sop = header.sop_uid if header is not None else None
+    sop = header.sop_uid if header is not None and not header.sop_from_file else None
     if sop is not None and str(ds.get("SOPInstanceUID", "")) != sop:
         raise DicomReadError(
             f"{path}: SOPInstanceUID changed since the header pass "
@@ -557,8 +553,9 @@ def decode_hu(
     from pydicom.pixels import apply_modality_lut
 
     raw, ds = _read_raw(path, header)
-    if ds is None:
-        assert header is not None and header.rescale is not None
+    if header is not None and header.rescale is not None:
+        # The header pass's rescale: for a frame of an enhanced CT it comes
+        # from the functional groups, which the top level does not hold.
         slope, intercept = header.rescale
         padding = header.pixel_padding
     else:
@@ -574,7 +571,7 @@ def decode_hu(
         hu = raw.astype(np.int32) + int(intercept)
         rounding = 0.0
     else:
-        if ds is None:  # the fast path has the header's rescale, not a dataset
+        if ds is None or "ModalityLUTSequence" not in ds:  # the rescale found above
             ds = Dataset()
             ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         lut = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)

@@ -290,11 +290,22 @@ def to_dicom(
                 if sources[i]:
                     refs = []
                     for s in sources[i]:
+                        # ingest's slice identities: "<SOPInstanceUID>#<frame>" for a
+                        # frame of a multi-frame file, "sha1:<hex>" for a file that had
+                        # no SOPInstanceUID (nothing to reference)
+                        uid, _, frame = s.partition("#")
+                        if uid.startswith("sha1:"):
+                            continue
                         item = pydicom.Dataset()
                         item.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-                        item.ReferencedSOPInstanceUID = s
+                        item.ReferencedSOPInstanceUID = uid
+                        if frame:
+                            item.ReferencedFrameNumber = int(frame)
                         refs.append(item)
-                    d.SourceImageSequence = Sequence(refs)
+                    if refs:
+                        d.SourceImageSequence = Sequence(refs)
+                    elif "SourceImageSequence" in d:
+                        del d.SourceImageSequence
                 elif "SourceImageSequence" in d:
                     del d.SourceImageSequence
                 d.PixelData = stored[j].tobytes()

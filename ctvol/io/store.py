@@ -56,10 +56,11 @@ SHARD_SLICES = 32
 SERIES_COLUMNS = [
     "key", "status", "last_run", "reason", "detail", "series_uid", "series_number",
     "description", "n_files", "n_slices", "rows", "cols", "dz", "dy", "dx", "tilt_deg",
-    "warnings",
+    "warnings", "transfer_syntax", "lossy",
 ]
 #: ``catalog(store, level="files")`` columns, in this order.
-FILE_COLUMNS = ["path", "status", "reason", "detail", "key", "series_uid", "sop_uid"]
+FILE_COLUMNS = ["path", "status", "reason", "detail", "key", "series_uid", "sop_uid", "frame",
+                "transfer_syntax", "lossy"]
 
 
 #: Lossless codecs for ``hu``, measured on the Philips head CT (512^2 int16
@@ -242,7 +243,7 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
               "long_name": "position along the column direction cosine"}),
         "x": ("x", origin @ row_cos + dx * np.arange(cols), {"units": "mm",
               "long_name": "position along the row direction cosine"}),
-        "sop_uid": ("z", np.array([h.sop_uid for h in plan.headers], dtype=obj)),
+        "sop_uid": ("z", np.array([h.slice_id for h in plan.headers], dtype=obj)),
         "source": ("z", np.array([h.path for h in plan.headers], dtype=obj)),
         "instance_number": ("z", np.array(
             [-1 if h.instance_number is None else h.instance_number for h in plan.headers],
@@ -270,9 +271,11 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
         "series_description": first.series_description,
         "image_type": list(first.image_type),
         "transfer_syntax": first.transfer_syntax,
+        # Any slice lossy-compressed (LossyImageCompression "01" or a lossy syntax).
+        "lossy_compression": bool(any(h.lossy for h in plan.headers)),
         "pixel_padding_value": list(first.pixel_padding) if first.pixel_padding else None,
         "warnings": list(plan.warnings),
-        "sop_digest": sop_digest([h.sop_uid for h in plan.headers]),
+        "sop_digest": sop_digest([h.slice_id for h in plan.headers]),
         "ctvol_version": __version__,
         "ctvol_history": [history],
     }

@@ -8,8 +8,7 @@ dcm2niix, an independent implementation, and compares voxels and spacing.
 from __future__ import annotations
 
 import pathlib
-import shutil
-import subprocess
+from collections.abc import Callable
 
 import numpy as np
 import pydicom
@@ -18,6 +17,9 @@ from pydicom.pixels import apply_modality_lut
 
 import ctvol
 from ctvol.errors import GeometryWarning
+
+#: conftest.dcm2niix_parity: (store, key, dicom folder, tmp_path) -> None, asserts parity.
+Parity = Callable[..., None]
 
 PIXEL = 0.451171875  # PixelSpacing of S2020 / S2010 (mm)
 
@@ -92,60 +94,41 @@ def test_full_export(shared_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
 # --------------------------------------------------------------------------- dcm2niix
 
 
-def _dcm2niix(src: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
-    out.mkdir()
-    subprocess.run(["dcm2niix", "-o", str(out), "-f", "%s", "-z", "n", "-b", "n", str(src)],
-                   check=True, capture_output=True)
-    niis = [p for p in out.glob("*.nii") if "Tilt" not in p.name]
-    assert len(niis) == 1, niis
-    return niis[0]
-
-
-def _as_canonical_nifti(ds: object) -> object:
-    """Our Dataset as a NIfTI image with its RAS affine (for orientation matching)."""
-    import nibabel as nib
-
-    a = ds.attrs  # type: ignore[attr-defined]
-    o = np.asarray(a["orientation"])
-    dz, dy, dx = a["spacing"]
-    affine = np.eye(4)
-    affine[:3, 0] = o[:3] * dx  # voxel axis 0 = x (columns) along the row cosine
-    affine[:3, 1] = o[3:] * dy  # voxel axis 1 = y (rows) along the column cosine
-    affine[:3, 2] = np.asarray(a["normal"]) * dz
-    affine[:3, 3] = ds.position.values[0]  # type: ignore[attr-defined]
-    affine[:2] *= -1  # LPS (DICOM) -> RAS (NIfTI)
-    data = ds.hu.values.transpose(2, 1, 0)  # type: ignore[attr-defined]
-    return nib.as_closest_canonical(nib.Nifti1Image(data, affine))
-
-
-def _compare_with_dcm2niix(store: str, key: str, src: pathlib.Path,
-                           tmp: pathlib.Path) -> None:
-    import nibabel as nib
-
-    ref = nib.as_closest_canonical(nib.load(_dcm2niix(src, tmp / "nii")))
-    ours = _as_canonical_nifti(ctvol.open_series(store, key))
-    assert ours.shape == ref.shape
-    np.testing.assert_allclose(ours.header.get_zooms(), ref.header.get_zooms(), atol=1e-4)
-    np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-3)
-    np.testing.assert_array_equal(np.asanyarray(ours.dataobj), ref.get_fdata())
-
-
-needs_dcm2niix = pytest.mark.skipif(shutil.which("dcm2niix") is None,
-                                    reason="dcm2niix not installed (apt-get install dcm2niix)")
-
-
-@needs_dcm2niix
 def test_sample_matches_dcm2niix(sample_store: str, sample_dir: pathlib.Path,
-                                 tmp_path: pathlib.Path) -> None:
+                                 tmp_path: pathlib.Path, dcm2niix_parity: Parity) -> None:
     (key,) = ctvol.list_series(sample_store)
-    _compare_with_dcm2niix(sample_store, key, sample_dir / "S21570" / "S2020", tmp_path)
+    dcm2niix_parity(sample_store, key, sample_dir / "S21570" / "S2020", tmp_path)
 
 
-@needs_dcm2niix
+def _real_dir(shared_dir: pathlib.Path, series: str) -> pathlib.Path:
+    d = shared_dir.parent / series if series.startswith("human_ct/") else shared_dir / series
+    if not d.is_dir():
+        pytest.skip(f"real patient series not found at {d} (set CTVOL_SHARED_DATA)")
+    return d
+
+
+#: Every real series the project has (../shared/data README): folder -> whether
+#: ingest warns (tilt). The human_ct series are JPEG 2000 lossless.
+REAL_SERIES = {
+    "S21570/S2020": None,  # STD BRAIN 1MM, 140 slices
+    "S21570/S2010": None,  # STD BRAIN 5MM, 28 slices
+    "S21610/S2010": GeometryWarning,  # STEREOTAXIS, gantry tilt -18.5 deg
+    "human_ct/lidc_idri_0314": None,  # chest, 275 slices
+    "human_ct/tcga_de_a4ma": None,  # skull to thigh, 269 slices
+}
+
+
 @pytest.mark.realdata
-@pytest.mark.parametrize("series", ["S21570/S2020", "S21570/S2010"])
-def test_full_series_match_dcm2niix(series: str, shared_dir: pathlib.Path,
-                                    tmp_path: pathlib.Path) -> None:
-    report = ctvol.ingest(shared_dir / series, tmp_path / "c.zarr")
+@pytest.mark.slow
+@pytest.mark.parametrize("series", list(REAL_SERIES))
+def test_real_series_match_dcm2niix(series: str, shared_dir: pathlib.Path,
+                                    tmp_path: pathlib.Path, dcm2niix_parity: Parity) -> None:
+    src = _real_dir(shared_dir, series)
+    warns = REAL_SERIES[series]
+    if warns is not None:
+        with pytest.warns(warns):
+            report = ctvol.ingest(src, tmp_path / "c.zarr")
+    else:
+        report = ctvol.ingest(src, tmp_path / "c.zarr")
     (key,) = report.written
-    _compare_with_dcm2niix(report.store, key, shared_dir / series, tmp_path)
+    dcm2niix_parity(report.store, key, src, tmp_path)
