@@ -214,6 +214,7 @@ def _ints(values: Any, what: str, low: int) -> list[int]:
 def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> dict[int, Any]:
     """A ResliceModel per factor for the U-net method (bundled by default)."""
     from ._reslice import _bundled_for, _load
+    from .models import bundled_models
 
     if "unet" not in methods and "auto" not in methods:
         return {}
@@ -229,6 +230,8 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
         if k in given:
             out[k] = given[k]
         elif model is None:
+            if "unet" not in methods and k not in bundled_models().values():
+                continue  # auto alone: linear for this factor, with its reason
             out[k] = _load(_bundled_for(k))
         else:
             raise ValueError(
@@ -297,8 +300,9 @@ def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequ
     block = _compared(ds, stride, m)
     kept = block.isel(z=slice(None, None, k))
     try:
+        model = models.get(k)
         outs = [reslice(kept, k, method=meth, batch_size=batch_size, device=device,
-                        model=(models[k].path or models[k]) if meth != "linear" else None)
+                        model=(model.path or model) if meth != "linear" and model else None)
                 for meth in methods]
     except GeometryError as e:
         return f"not evaluable: {e}"
@@ -324,7 +328,7 @@ def evaluate(
     data: Any,
     factor: int | Iterable[int] = 3,
     *,
-    methods: str | Sequence[str] = METHODS,
+    methods: str | Sequence[str] | None = None,
     model: Any = None,
     series: Any = None,
     strides: int | Iterable[int] = (1,),
@@ -342,7 +346,10 @@ def evaluate(
     factor : int or iterable of int, default 3
         Re-slice factor(s) k: every k-th slice is kept, the k-1 between are
         generated and compared.
-    methods : str or sequence, default ("linear", "unet", "auto")
+    methods : str or sequence, optional
+        Default ``("linear", "unet", "auto")``; without ``model``, ``"unet"``
+        is left out when a factor has no bundled U-net (``"auto"`` then
+        shows linear for it, with that reason).
         Methods of :func:`ctvol.reslice`; each other method is paired-t-tested
         against ``"linear"`` (the baseline) when both are given. ``"auto"``
         runs its self-check on the kept slices of each case (what a user
@@ -393,6 +400,12 @@ def evaluate(
 
     factors = _ints(factor, "factors", 2)
     strides_ = _ints(strides, "strides", 1)
+    if methods is None:
+        from .models import bundled_models
+
+        have = set(bundled_models().values())
+        methods = METHODS if model is not None or set(factors) <= have \
+            else tuple(m for m in METHODS if m != "unet")
     methods = _check_methods(methods)
     models = _resolve_models(model, factors, methods)
     sources, store = _sources(data, series)

@@ -149,8 +149,9 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "evaluate": (
         _o("output", "str", None, "report folder", cli=False),
         _o("factor", "int", (3,), "re-slice factor(s) k", many=True, low=2, metavar="K"),
-        _o("methods", "str", ("linear", "unet", "auto"), "methods to compare (paired t-test "
-           "of each against linear)", many=True, choices=("linear", "unet", "auto"),
+        _o("methods", "str", None, "methods to compare (paired t-test of each against "
+           "linear); default: linear unet auto, without unet when a factor has no bundled "
+           "U-net and no --model", many=True, choices=("linear", "unet", "auto"),
            flag="--method"),
         _o("model", "path", None,
            "checkpoint folder or bundled name, one per factor (default: the bundled model "

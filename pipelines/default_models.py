@@ -195,7 +195,7 @@ self-check on the series' own slices decides between it and linear interpolation
 | windows | (i, i+{k}) and (i, i+{2 * k}), random 128×128 crops with ≥ 50 % body (> −500 HU) pixels, the paper's augmentation (rotation ±10°, shift ±10 %, zoom ±20 %, flip) |
 | optimisation | Adam lr 1e-3, L1 loss, batch 8, 400 windows/epoch, seed 0, 1 CPU thread |
 | selection | epoch {prov.get('epochs')} of the run had the highest PSNR on the val blocks' crops ({prov.get('val_psnr_unet', 0):.2f} dB vs linear {prov.get('val_psnr_linear', 0):.2f}) |
-| command | `python pipelines/default_models.py ingest WORK` then `... train WORK {k}` (runs `ctvol train ... --epochs 400`, stopped by hand; `--epochs {prov.get('epochs')}` reproduces these weights), then `... bundle` |
+| command | `python pipelines/default_models.py ingest WORK` then `... train WORK {k}` (runs `ctvol train ... --epochs 400`, stopped by hand after ~85 min on 2 shared cores; the run is seeded, so `--epochs {prov.get('epochs')}` replays it up to these weights: not re-run here), then `... bundle` |
 
 Data (licences: {prov['licences']}):
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -273,8 +274,9 @@ def test_distributed_client_gives_the_same_table() -> None:
      r"valid methods are \['linear', 'unet', 'auto'\]"),
     ({"factor": 1}, ValueError, "factors must be integers >= 2"),
     ({"strides": 0}, ValueError, "strides must be integers >= 1"),
-    ({"factor": 4, "model": "unet-x3"}, ValueError, "no model for factor 4"),
-    ({"factor": 7}, FileNotFoundError, "no bundled U-net for factor 7"),
+    ({"factor": 4, "model": "unet-x5"}, ValueError, "no model for factor 4"),
+    ({"factor": 7, "methods": ("linear", "unet")}, FileNotFoundError,
+     "no bundled U-net for factor 7"),
 ])
 def test_errors(kwargs: dict[str, object], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
@@ -353,18 +355,33 @@ def test_warns_when_evaluating_on_training_slices(tmp_path: pathlib.Path) -> Non
     clean = ctvol.evaluate(ds, 3, model=model, series=slice(7, None))  # held out: no warning
     assert clean.info["warnings"] == []
     # the bundled models say which slices of the real series they were trained on
-    assert ctvol.load_model("unet-x3").provenance["training_slices"] == {
-        "1.3.46.670589.33.1.3963937485511329090.25659488233390035616": {
-            "index": [0, 91], "z_mm": [694.21, 785.21]}}
+    phantom = "1.3.46.670589.33.1.3963937485511329090.25659488233390035616"
+    for name in ("unet-x4", "unet-x5"):
+        prov = ctvol.load_model(name).provenance
+        assert [r["index"] for r in prov["training_slices"][phantom]] == [[0, 43]]
+        assert [r["index"] for r in prov["selection_slices"][phantom]] == [[96, 139]]
+        assert prov["test_slices"][phantom] == [{"index": [55, 84], "z_mm": [749.21, 778.21]}]
 
 
-def test_training_overlap_uses_z_not_indices(sample_store: str) -> None:
-    """The bundled sample is slices 55-84 of S2020: indices 0-29 here, z 749-778 mm."""
+def test_the_demo_sample_is_held_out_from_every_bundled_model(sample_store: str) -> None:
+    """The bundled sample (make demo's data) is slices 55-84 of S2020, z 749-778 mm: the
+    phantom's test block, which no bundled model trained on or was selected on."""
     from ctvol.errors import EvaluationWarning
+    from ctvol.models import bundled_models
 
-    with pytest.warns(EvaluationWarning, match=r"28 of the 28 slices evaluated.*z 694.21-785.21"):
-        rep = ctvol.evaluate(sample_store, 3, series=None)
-    assert rep.info["warnings"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)
+        rep = ctvol.evaluate(sample_store, sorted(bundled_models().values()),
+                             methods=("linear", "unet"))
+    assert rep.info["warnings"] == []
+    # a model that did train on part of it is flagged, by z, not by index
+    model = tiny_model(4)
+    model.provenance["training_slices"] = {
+        "1.3.46.670589.33.1.3963937485511329090.25659488233390035616": [
+            {"index": [50, 60], "z_mm": [744.21, 754.21]}]}
+    with pytest.warns(EvaluationWarning, match=r"of the 29 slices evaluated \(indices 0-5\) "
+                                               r"lie in z 744.21-754.21"):
+        ctvol.evaluate(sample_store, 4, model=model, methods=("linear", "unet"))
 
 
 @pytest.mark.parametrize(("gains", "title"), [
@@ -391,3 +408,12 @@ def test_difference_histograms_have_whole_tick_labels(tmp_path: pathlib.Path) ->
         assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e-5" in a corner
         ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
         assert all(float(t.replace("−", "-")).is_integer() for t in ticks)
+
+
+def test_default_methods_leave_out_unet_for_a_factor_without_a_model() -> None:
+    rep = ctvol.evaluate(_volume(n=13, shape=(32, 32)), 7)  # no bundled x7 U-net
+    assert rep.info["methods"] == ["linear", "auto"]
+    run = rep.info["data"]["evaluated"][0]["runs"][0]
+    assert run["auto"]["method"] == "linear"
+    assert "too short" in run["auto"]["reason"] or run["auto"]["reason"] == \
+        "no U-net for factor 7"

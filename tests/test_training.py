@@ -321,10 +321,10 @@ def test_init_starts_from_a_checkpoint_and_select_psnr(store: str,
 def test_cli_train_init_bundled(store: str, tmp_path: pathlib.Path) -> None:
     from ctvol.cli import main
 
-    args = ["train", store, "--factor", "3", "--epochs", "1", "-o", str(tmp_path / "m"),
-            "--crop", "16", "--max-windows", "4", "--init", "unet-x3", "--lr", "0", "-q"]
+    args = ["train", store, "--factor", "4", "--epochs", "1", "-o", str(tmp_path / "m"),
+            "--crop", "16", "--max-windows", "4", "--init", "unet-x4", "--lr", "0", "-q"]
     assert main(args) == 0
     tuned = ctvol.load_model(tmp_path / "m" / "best")
-    bundled = ctvol.load_model("unet-x3")
+    bundled = ctvol.load_model("unet-x4")
     assert tuned.config["architecture"] == bundled.config["architecture"]
-    assert tuned.provenance["init"] == {"model": "unet-x3", "digest": bundled.digest}
+    assert tuned.provenance["init"] == {"model": "unet-x4", "digest": bundled.digest}
