@@ -510,7 +510,7 @@ def test_auto_decision_in_the_output_store_catalog(tmp_path: pathlib.Path) -> No
     assert cat.loc["good", "selfcheck_psnr_unet"] > cat.loc["good", "selfcheck_psnr_linear"]
     assert cat.loc["bad", "selfcheck_psnr_unet"] < cat.loc["bad", "selfcheck_psnr_linear"]
     assert not cat.loc["forced", "auto"] and cat.loc["good", "auto"]
-    assert (cat["slices"] == 37).all() and (cat["factor"] == 3).all()
+    assert (cat["n_slices"] == 37).all() and (cat["factor"] == 3).all()
     reopened = ctvol.open_series(store, "bad")
     assert reopened.attrs["reslice"]["auto"]["method"] == "linear"
     assert "method='auto' -> 'linear'" in reopened.attrs["ctvol_history"][-1]

@@ -369,7 +369,7 @@ def test_reslice_stage_auto_records_its_decision(cohort_dir: pathlib.Path,
     real = _reslice.self_check
     monkeypatch.setattr(_reslice, "self_check",
                         lambda ds, k, **kw: checks.append(k) or real(ds, k, **kw))
-    summary = ctvol.run(_config(tmp_path, cohort_dir, fmt="toml", method="auto"),
+    summary = ctvol.run(_config(tmp_path, cohort_dir, fmt="toml", method="auto", factor=4),
                         progress=False)
     rows = [s for s in summary.series if s["stage"] == "reslice"]
     assert len(rows) == 6 and len(checks) == 6

@@ -535,9 +535,9 @@ def _derived_catalog(root: Any) -> pd.DataFrame:
         rs = attrs.get("reslice") or {}
         auto = rs.get("auto") or {}
         spacing = list(attrs.get("spacing", [None] * 3))
-        rows.append({"key": key, "status": "ok", "slices": int(hu.shape[0]),
+        rows.append({"key": key, "status": "ok", "n_slices": int(hu.shape[0]),
                      "rows": int(hu.shape[1]), "cols": int(hu.shape[2]),
-                     "dz_mm": spacing[0], "factor": rs.get("factor"),
+                     "dz": spacing[0], "factor": rs.get("factor"),
                      "method": rs.get("method"), "auto": "auto" in rs,
                      "auto_reason": auto.get("reason"),
                      "selfcheck_psnr_unet": auto.get("psnr_unet"),

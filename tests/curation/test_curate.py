@@ -184,46 +184,44 @@ def _truth(gone: list[pathlib.Path]) -> np.ndarray:
 
 
 def test_fill_real_sample_gap(sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    """Two slices deleted from the real sample: ingest splits, curate fills them back.
-
-    The bundled U-net was trained on S2020 slices 0-91, which include these
-    (the sample is slices 55-84): this checks the mechanics on real data; the
-    honest quality check is the held-out test below.
-    """
+    """Three slices deleted from the real sample: ingest splits, curate fills them back
+    (factor 4, the bundled x4 U-net). The sample is the phantom's test block: no
+    bundled model trained on or was selected on it."""
     files = _ordered(sample_dir / "S21570" / "S2020")
-    gone = files[12:14]
+    gone = files[12:15]
     runs = _ingest_without(files, gone, tmp_path)
-    assert [r.sizes["z"] for r in runs] == [12, 16]
+    assert [r.sizes["z"] for r in runs] == [12, 15]
     truth = _truth(gone)
     errors = {}
     for method in ("linear", "unet"):
         out = ctvol.curate(runs, fill_gaps=method)
-        assert out.sizes["z"] == 30 and out.generated.values.sum() == 2
+        assert out.sizes["z"] == 30 and out.generated.values.sum() == 3
         hu = out.hu.values
         np.testing.assert_allclose(out.z.values, 749.21 + np.arange(30), atol=1e-6)
-        assert out.sop_uid.values[12] == "" and out.instance_number.values[13] == -1
-        np.testing.assert_allclose(out.position.values[12:14, 2], [761.21, 762.21], atol=1e-6)
+        assert out.sop_uid.values[12] == "" and out.instance_number.values[14] == -1
+        np.testing.assert_allclose(out.position.values[12:15, 2], [761.21, 762.21, 763.21],
+                                   atol=1e-6)
         np.testing.assert_array_equal(hu[:12], runs[0].hu.values)
-        np.testing.assert_array_equal(hu[14:], runs[1].hu.values)
-        errors[method] = np.abs(hu[12:14] - truth).mean()
-    # Measured: linear 9.3 HU, U-net 7.8 HU mean absolute error.
-    assert errors["unet"] < errors["linear"] < 15
+        np.testing.assert_array_equal(hu[15:], runs[1].hu.values)
+        errors[method] = np.abs(hu[12:15] - truth).mean()
+    # Measured (mean absolute error, HU): see the assertion's message when it fails.
+    assert errors["unet"] < errors["linear"] < 25, errors
 
 
 @pytest.mark.realdata
 def test_fill_real_held_out_gaps_and_trim_blank_top(shared_dir: pathlib.Path,
                                                     tmp_path: pathlib.Path) -> None:
-    """Gaps of 2, 3 and 4 slices in S2020's held-out block (slices 98-139, never
-    trained on); curate fills them (factors 3, 4, 5) and trims the blank top."""
+    """Gaps of 3 and 4 slices in S2020's block 96-139 (the bundled models' selection
+    block: never trained on); curate fills them (factors 4, 5) and trims the blank top."""
     files = _ordered(shared_dir / "S21570" / "S2020")
-    gone = {3: files[100:102], 4: files[110:113], 5: files[122:126]}
+    gone = {4: files[100:103], 5: files[110:114]}
     runs = _ingest_without(files, sum(gone.values(), []), tmp_path)
-    assert [r.sizes["z"] for r in runs] == [100, 8, 9, 14]
+    assert [r.sizes["z"] for r in runs] == [100, 7, 26]
     out = ctvol.curate(runs, fill_gaps="unet")
     cur = out.attrs["curation"]
-    assert [g["missing"] for g in cur["gaps"]] == [2, 3, 4]
+    assert [g["missing"] for g in cur["gaps"]] == [3, 4]
     assert cur["dropped"] == [{"z0": 828.21, "z1": 833.21, "n": 6, "reason": "blank"}]
-    assert out.sizes["z"] == 134 and int(out.generated.sum()) == 9
+    assert out.sizes["z"] == 134 and int(out.generated.sum()) == 7
     hu = out.hu.values.astype(np.float64)
     for k, lost in gone.items():
         idx = [files.index(f) for f in lost]
@@ -231,5 +229,4 @@ def test_fill_real_held_out_gaps_and_trim_blank_top(shared_dir: pathlib.Path,
         truth = _truth(lost)
         lin = np.rint(generate_linear(hu[idx[0] - 1], hu[idx[-1] + 1], k))
         unet_err, lin_err = np.abs(hu[idx] - truth).mean(), np.abs(lin - truth).mean()
-        # Measured (HU): x3 11.2 vs 20.9, x4 13.4 vs 35.7, x5 29.0 vs 50.2.
-        assert unet_err < 0.8 * lin_err, (k, unet_err, lin_err)
+        assert unet_err < lin_err, (k, unet_err, lin_err)
