@@ -514,3 +514,17 @@ def test_auto_decision_in_the_output_store_catalog(tmp_path: pathlib.Path) -> No
     reopened = ctvol.open_series(store, "bad")
     assert reopened.attrs["reslice"]["auto"]["method"] == "linear"
     assert "method='auto' -> 'linear'" in reopened.attrs["ctvol_history"][-1]
+
+
+def test_reopened_output_opens_without_chunk_warnings(tmp_path: pathlib.Path) -> None:
+    """Per-slice coordinates of a written volume (z, and (z, 3) positions) are stored
+    in shard-sized z-chunks, so open_series' chunks never split a stored chunk."""
+    import warnings
+
+    ds = _volume(n=20, chunks=4)
+    ds = ds.assign_coords(position=(("z", "xyz"), np.zeros((20, 3))))
+    ctvol.write(ctvol.reslice(ds, 3, method="linear"), tmp_path / "f.zarr", "k")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ctvol.open_series(tmp_path / "f.zarr", "k")
+    assert out.sizes["z"] == 58 and out["position"].shape == (58, 3)

@@ -807,8 +807,10 @@ def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
                                        "shards": (SHARD_SLICES, rows, cols),
                                        "compressors": hu_codec(compressor)}}
     for name, var in skeleton.coords.items():
-        if var.dims == ("z",):
-            encoding[str(name)] = {"chunks": (SHARD_SLICES,)}
+        # every per-slice coordinate in z-chunks of a shard (position is (z, 3)),
+        # so open_series' shard-aligned chunks never split a stored chunk
+        if var.dims[:1] == ("z",) and var.dims.count("z") == 1:
+            encoding[str(name)] = {"chunks": (SHARD_SLICES, *var.shape[1:])}
     so = dict(storage_options or {}) or None
     try:
         skeleton.to_zarr(_url(store), group=f"series/{key}", mode="w", zarr_format=3,
