@@ -35,7 +35,7 @@ demo: install
 	# or was selected on these slices (tests/test_evaluate.py checks it).
 	$(BIN)/ctvol evaluate $(OUT) --factor 4 5 -o $(REPORT) --scheduler threads -q
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-all: install
@@ -49,7 +49,7 @@ bench: install
 
 lint: install
 	$(BIN)/python -m pip install -q ruff mypy
-	$(BIN)/ruff check ctvol tests benchmarks
+	$(BIN)/ruff check ctvol tests benchmarks pipelines
 	$(BIN)/mypy
 
 clean:
