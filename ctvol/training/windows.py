@@ -315,13 +315,13 @@ class PairWindows:
             h, wd = x.shape[-2:]
             c = min(self.crop, h, wd)
             rng = np.random.default_rng((self.seed, self.epoch, index))
+            # Draws stop at the first crop with enough body (at once without
+            # body_fraction); otherwise the one with the most body is kept.
             best = (-1.0, 0, 0)
-            for _ in range(max(1, self.crop_tries) if self.body_fraction > 0 else 1):
+            for _ in range(max(1, self.crop_tries)):
                 r0, c0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, wd - c + 1))
-                if self.body_fraction <= 0:
-                    best = (1.0, r0, c0)
-                    break
-                frac = float(np.mean(x[0, r0 : r0 + c, c0 : c0 + c] > BODY_HU))
+                frac = float(np.mean(x[0, r0 : r0 + c, c0 : c0 + c] > BODY_HU)) \
+                    if self.body_fraction > 0 else 1.0
                 if frac > best[0]:
                     best = (frac, r0, c0)
                 if frac >= self.body_fraction:
