@@ -328,3 +328,22 @@ def test_cli_train_init_bundled(store: str, tmp_path: pathlib.Path) -> None:
     bundled = ctvol.load_model("unet-x4")
     assert tuned.config["architecture"] == bundled.config["architecture"]
     assert tuned.provenance["init"] == {"model": "unet-x4", "digest": bundled.digest}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"select": "ssim"}, "select must be 'loss' or 'psnr', got 'ssim'"),
+    ({"loss": "huber"}, r"loss must be one of \['l1', 'mse'\], got 'huber'"),
+    ({"body_fraction": 1.5}, r"body_fraction must be in \[0, 1\], got 1.5"),
+    ({"blocks": "{tmp}/missing.json"}, "cannot read the blocks file .*missing.json"),
+    ({"blocks": {"UID": {"train": [[0, 12]], "val": [[30, 60]]}}},
+     r"block val \[30, 60\) of series .* is outside its 40 slices; fix the blocks file"),
+])
+def test_bad_training_options_say_what_and_write_nothing(store: str, tmp_path: pathlib.Path,
+                                                         kwargs: dict[str, object],
+                                                         match: str) -> None:
+    kw = {k: (v.format(tmp=tmp_path) if isinstance(v, str) else v) for k, v in kwargs.items()}
+    if isinstance(kw.get("blocks"), dict):
+        kw["blocks"] = {_uid(store): kw["blocks"]["UID"]}  # type: ignore[index]
+    with pytest.raises(ValueError, match=match):
+        ctvol.train(store, 3, epochs=1, out=tmp_path / "m", **_small(**kw))
+    assert not (tmp_path / "m").exists()
