@@ -674,8 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best epoch by validation loss or validation PSNR (default: loss)")
     p.add_argument("--body-fraction", type=float, default=0.0,
                    help="minimum fraction of body pixels (> -500 HU) in a crop (default: 0.0)")
-    p.add_argument("--loss", choices=["l1", "mse"], default="l1",
-                   help="training loss: mean absolute or squared error (default: l1)")
+    p.add_argument("--loss", choices=["l1", "mse", "l1+ssim"], default="l1",
+                   help="training loss: mean absolute or squared error, or 0.84 (1 - SSIM) "
+                        "+ 0.16 L1 (default: l1)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="'cuda' or 'cpu' (default: cuda when available)")

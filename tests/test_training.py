@@ -332,7 +332,7 @@ def test_cli_train_init_bundled(store: str, tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"select": "ssim"}, "select must be 'loss' or 'psnr', got 'ssim'"),
-    ({"loss": "huber"}, r"loss must be one of \['l1', 'mse'\], got 'huber'"),
+    ({"loss": "huber"}, r"loss must be one of \['l1', 'l1\+ssim', 'mse'\], got 'huber'"),
     ({"body_fraction": 1.5}, r"body_fraction must be in \[0, 1\], got 1.5"),
     ({"blocks": "{tmp}/missing.json"}, "cannot read the blocks file .*missing.json"),
     ({"blocks": {"UID": {"train": [[0, 12]], "val": [[30, 60]]}}},
@@ -347,3 +347,24 @@ def test_bad_training_options_say_what_and_write_nothing(store: str, tmp_path: p
     with pytest.raises(ValueError, match=match):
         ctvol.train(store, 3, epochs=1, out=tmp_path / "m", **_small(**kw))
     assert not (tmp_path / "m").exists()
+
+
+def test_l1_ssim_loss_is_zero_on_identity_and_ranks_structure():
+    """0.84 (1 - SSIM) + 0.16 L1: zero for a perfect output; of two outputs with about
+    the same L1 error, the one that keeps the structure (an offset) scores better than
+    the noisy one; and it has a gradient."""
+    import torch
+
+    from ctvol.training.loop import l1_ssim_loss
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(2, 2, 48, 48, generator=g)
+    assert float(l1_ssim_loss(y, y)) == pytest.approx(0.0, abs=1e-6)
+    shifted = (y + 0.05).clamp(0, 1)              # same structure, offset intensity
+    noisy = (y + 0.05 * torch.randn(y.shape, generator=g)).clamp(0, 1)
+    l1 = torch.nn.functional.l1_loss
+    assert float(l1(noisy, y)) <= float(l1(shifted, y)) * 1.1   # comparable L1 error
+    assert float(l1_ssim_loss(shifted, y)) < float(l1_ssim_loss(noisy, y))
+    x = y.clone().requires_grad_(True)
+    l1_ssim_loss(x * 0.9, y).backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
