@@ -48,9 +48,10 @@ bench: install
 	$(BIN)/asv publish
 
 lint: install
-	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/python -m pip install -q ruff mypy import-linter
 	$(BIN)/ruff check ctvol tests benchmarks pipelines
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the package's layers (pyproject.toml, docs/architecture.md)
 
 clean:
 	rm -rf demo .asv

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0.dev0"
+from ._version import __version__
 
 __all__ = [
     "IngestReport",
@@ -56,7 +56,7 @@ __all__ = [
 _LAZY = {
     "IngestReport": "ctvol._ingest",
     "ingest": "ctvol._ingest",
-    "evaluate": "ctvol._evaluate",
+    "evaluate": "ctvol.evaluation",
     "export": "ctvol._export",
     "to_nifti": "ctvol.io.nifti",
     "to_dicom": "ctvol.io.dicom_write",
@@ -91,7 +91,6 @@ _SUBMODULES = ("morphometry",)
 
 if TYPE_CHECKING:
     from . import morphometry
-    from ._evaluate import evaluate
     from ._export import export
     from ._ingest import IngestReport, ingest
     from ._inplane import downsample_inplane, upsample_inplane
@@ -108,6 +107,7 @@ if TYPE_CHECKING:
         train_classifier,
         train_localizer,
     )
+    from .evaluation import evaluate
     from .io.dicom_write import to_dicom
     from .io.nifti import to_nifti
     from .io.store import catalog, list_series, open_cohort, open_series, write, write_many

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from .errors import OptionError
+
 __all__ = ["AUTO_CLUSTER_SLICES", "active_client", "choose_scheduler", "compute",
            "compute_bounded", "default_in_flight", "persist", "scheduler_context"]
 
@@ -50,6 +52,15 @@ def active_client() -> Any:
         return default_client()
     except ValueError:
         return None
+
+
+def cluster_has_gpu() -> bool:
+    """True when a distributed Client is active and a worker declares a GPU resource."""
+    client = active_client()
+    if client is None:
+        return False
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any("GPU" in (w.get("resources") or {}) for w in workers)
 
 
 def compute(tasks: Sequence[Any], *, progress: bool = False) -> list[Any]:
@@ -207,9 +218,9 @@ def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = Fa
     import dask
 
     if in_flight < 1:
-        raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+        raise OptionError(f"in_flight must be >= 1, got {in_flight}")
     if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        raise OptionError(f"errors must be 'raise' or 'return', got {errors!r}")
     step = max(1, (total or 0) // 20)
     done = 0
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import CtvolError, OutputExistsError, StoreError
+from .errors import CtvolError, OptionError, OutputExistsError, StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,11 +144,11 @@ def export(
     """
     import pandas as pd
 
-    from . import __version__
+    from ._version import __version__
     from .io.store import list_series, open_series
 
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+        raise OptionError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     out = pathlib.Path(output).expanduser()
     _check_output(out, os.fspath(store))
     keys = list(series) if series else list_series(store, storage_options=storage_options)

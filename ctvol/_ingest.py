@@ -178,8 +178,9 @@ def ingest(
     """
     import dask
 
-    from . import __version__
     from ._compute import compute_bounded, default_in_flight
+    from ._version import __version__
+    from .io import _layout as lay
     from .io import store as st
     from .io._series import plan_series
     from .io.dicom import find_files, read_headers
@@ -189,14 +190,14 @@ def ingest(
 
     check("ingest", {"modalities": list(modalities), "split_gaps": split_gaps,
                      "max_obliquity_deg": max_obliquity_deg})  # before touching anything
-    st.hu_codec(compressor)
-    url = st._url(store)
-    st.check_store_path(url, create=True)  # fail fast on a bad path, creating nothing
+    lay.hu_codec(compressor)
+    url = lay.store_url(store)
+    lay.check_store_path(url, create=True)  # fail fast on a bad path, creating nothing
 
     paths = find_files(inputs)
     if not paths:  # before the store is created: a failed ingest leaves no empty store
         raise NoInputError(f"no files found under {inputs!r}: nothing to ingest")
-    root = st.open_store(url, create=True, storage_options=so)
+    root = lay.open_store(url, create=True, storage_options=so)
     st.mark_ingest_running(root)  # cleared when the catalog is written
 
     lo, hi = HEADER_BATCH
@@ -209,11 +210,11 @@ def ingest(
         records, modalities=modalities, split_gaps=split_gaps, max_obliquity_deg=max_obliquity_deg
     )
 
-    existing = st._series_attrs(root)
+    existing = lay.series_attrs(root)
     to_write, unchanged = [], []
     for plan in plans:
         prev = existing.get(plan.key)
-        digest = st.sop_digest([h.slice_id for h in plan.headers])
+        digest = lay.sop_digest([h.slice_id for h in plan.headers])
         if prev is not None and prev.get("sop_digest") == digest:
             unchanged.append(plan)
         else:
@@ -263,20 +264,21 @@ def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str |
     """One series' write graph: create its group, write its shards, flag it complete."""
     import dask
 
-    from .io import store as st
+    from . import _ingest_write as iw
+    from .io import _layout as lay
 
     # Creating a series' group is a task too (~0.1-0.3 s of metadata and
     # coordinate writes): series are created in parallel, and each one's
     # shards wait only for their own group.
-    key = dask.delayed(st.begin_series, pure=False)(
+    key = dask.delayed(iw.begin_series, pure=False)(
         url, plan, history=history, compressor=compressor, storage_options=storage_options)
     blocks = [
-        dask.delayed(st.write_slices, pure=False)(
-            url, key, z0, plan.headers[z0 : z0 + st.SHARD_SLICES], padding_fill=padding_fill,
+        dask.delayed(iw.write_slices, pure=False)(
+            url, key, z0, plan.headers[z0 : z0 + lay.SHARD_SLICES], padding_fill=padding_fill,
             storage_options=storage_options)
-        for z0 in range(0, len(plan.headers), st.SHARD_SLICES)
+        for z0 in range(0, len(plan.headers), lay.SHARD_SLICES)
     ]
-    return dask.delayed(st.finish_series, pure=False)(url, plan.key, blocks,
+    return dask.delayed(iw.finish_series, pure=False)(url, plan.key, blocks,
                                                       storage_options=storage_options)
 
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GeometryError
+from ._deps import require
+from ._volume import axis_spacing, check_factor, check_volume, derive_attrs
+from .errors import GeometryError, ModelError, ModelNotFoundError, OptionError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -30,17 +32,6 @@ __all__ = ["bilinear", "bilinear_hu", "downsample_inplane", "inplane_block", "up
 
 METHODS = ("unet", "bilinear")
 
-
-
-def _check_factor(factor: Any) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 2:
-        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
-    return int(factor)
-
-
-def _check_volume(ds: Any) -> None:
-    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
-        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
 
 
 def _as_dask(hu: Any) -> Any:
@@ -93,7 +84,7 @@ def bilinear_hu(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
 def _model(source: Any, device: str) -> Any:
     """The in-plane model for ``source`` (path/name or InplaneModel) on ``device``, cached
     once per worker process (:func:`ctvol.inference.cached_model`, as for reslice models)."""
-    from .inference import cached_model
+    from .models._runtime import cached_model
     from .models.inplane import InplaneModel, load_inplane_model
 
     return cached_model(source, device, InplaneModel, load_inplane_model)
@@ -121,7 +112,7 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     method : {"bilinear", "unet"}
     model : checkpoint path/name or InplaneModel, for ``"unet"``
     """
-    from .inference import _to_hu_int16
+    from .intensity import to_hu_int16
 
     if method == "bilinear":
         return bilinear_hu(hu, factor)
@@ -133,7 +124,7 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     else:
         lo, hi = float(rng[0]), float(rng[1])
         if not hi > lo:  # a constant volume: nothing to super-resolve
-            return _to_hu_int16(up)
+            return to_hu_int16(up)
     x = normalise(up, lo, hi)
     y = m.predict(x, batch_size=batch_size, amp=amp)
     scale = np.float32(hi - lo)
@@ -148,7 +139,7 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
         np.clip(y, 0.0, 1.0, out=y)
         y *= scale
         y += np.float32(lo)
-    return _to_hu_int16(y)
+    return to_hu_int16(y)
 
 
 def _new_axis(c: np.ndarray, factor: int) -> np.ndarray:
@@ -165,11 +156,8 @@ def _area_axis(c: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _spacing(ds: Any, dim: str) -> float:
-    c = np.asarray(ds[dim].values, dtype=np.float64) if dim in ds.coords else None
-    if c is not None and c.size > 1:
-        return float(np.median(np.diff(c)))
-    sp = ds.attrs.get("spacing")
-    return float(sp[1 if dim == "y" else 2]) if sp is not None else 1.0
+    step = axis_spacing(ds, dim)
+    return step if np.isfinite(step) else 1.0
 
 
 def _regrid(ds: Any, data: Any, y_new: np.ndarray | None, x_new: np.ndarray | None,
@@ -177,7 +165,7 @@ def _regrid(ds: Any, data: Any, y_new: np.ndarray | None, x_new: np.ndarray | No
     """A new Dataset: ``data`` as hu on the new y/x grid, geometry attrs moved with it."""
     import xarray as xr
 
-    attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
+    attrs = derive_attrs(ds.attrs, history)
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     sp = list(attrs.get("spacing", [np.nan, dy, dx]))
     attrs["spacing"] = [sp[0], dy / factor_y, dx / factor_y]
@@ -192,7 +180,6 @@ def _regrid(ds: Any, data: Any, y_new: np.ndarray | None, x_new: np.ndarray | No
             if "origin" in attrs and attrs["origin"] is not None:
                 attrs["origin"] = (np.asarray(attrs["origin"], dtype=np.float64)
                                    + shift).tolist()
-    attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])), history]
     attrs.update(attrs_update)
     coords: dict[str, Any] = {}
     for name, c in ds.coords.items():
@@ -271,20 +258,21 @@ def upsample_inplane(
     >>> up.hu.values[0, 0].tolist(), up.x.values.tolist()
     ([0, 25, 75, 100], [-0.25, 0.25, 0.75, 1.25])
     """
+    require("torch", "ctvol.upsample_inplane")
     import dask
     import dask.array as da
 
-    from . import __version__
-    from ._reslice import _cluster_has_gpu
-    from .inference import resolve_device
+    from ._compute import cluster_has_gpu
+    from ._version import __version__
+    from .models._runtime import resolve_device
 
-    f = _check_factor(factor)
+    f = check_factor(factor)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
             or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    _check_volume(ds)
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_volume(ds)
     loaded = None
     if method == "unet":
         loaded = _resolve_model(model, f)
@@ -297,13 +285,13 @@ def upsample_inplane(
         rng = rng.to_delayed().ravel()[0]
     source: Any = None
     if loaded is not None:
-        from .inference import graph_model, remember_model
+        from .models._runtime import graph_model, remember_model
         from .models.inplane import InplaneModel
 
         source = graph_model(loaded, "inplane")  # a path travels light; else one key
         remember_model(source, dev, InplaneModel, loaded)
     ny, nx = hu.shape[1:]
-    gpu = method == "unet" and _cluster_has_gpu()
+    gpu = method == "unet" and cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
         out = da.blockwise(
             _block, "zyx", hu, "zyx", rng, None, source, None,
@@ -337,7 +325,7 @@ def _resolve_model(model: Any, factor: int) -> Any:
         names = [n for n, f in bundled.items() if f == factor]
         if not names:
             have = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none"
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"no bundled in-plane U-net for factor {factor} (bundled in-plane models: "
                 f"{have}); pass model=PATH to a checkpoint (ctvol.train_inplane), or use "
                 "method='bilinear'"
@@ -345,7 +333,7 @@ def _resolve_model(model: Any, factor: int) -> Any:
         model = names[0]
     loaded = model if isinstance(model, InplaneModel) else load_inplane_model(model)
     if loaded.factor != factor:
-        raise ValueError(
+        raise ModelError(
             f"model {loaded!r} upsamples by {loaded.factor}, but factor {factor} was asked; "
             f"use factor={loaded.factor} or a model trained for {factor}"
         )
@@ -355,9 +343,9 @@ def _resolve_model(model: Any, factor: int) -> Any:
 def _area_block(hu: np.ndarray, *, factor: int) -> np.ndarray:
     from skimage.measure import block_reduce
 
-    from .inference import _to_hu_int16
+    from .intensity import to_hu_int16
 
-    return _to_hu_int16(block_reduce(hu.astype(np.float64), (1, factor, factor), np.mean))
+    return to_hu_int16(block_reduce(hu.astype(np.float64), (1, factor, factor), np.mean))
 
 
 def area_downsample(hu: np.ndarray, factor: int) -> np.ndarray:
@@ -399,10 +387,10 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
     """
     import dask.array as da
 
-    from . import __version__
+    from ._version import __version__
 
-    f = _check_factor(factor)
-    _check_volume(ds)
+    f = check_factor(factor)
+    check_volume(ds)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     if ny % f or nx % f:
         raise GeometryError(

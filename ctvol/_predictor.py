@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
+from .models import _checkpoint, _segment, _slice
+
 __all__ = ["Predictor", "on_worker", "resolve"]
 
-SEGMENT_FORMAT = "ctvol-segment-model"
-SLICE_FORMAT = "ctvol-slice-model"
+SEGMENT_FORMAT = _segment.FORMAT
+SLICE_FORMAT = _slice.FORMAT
 
 
 @dataclass(frozen=True)
@@ -69,14 +72,14 @@ def load_segment(path: str) -> Any:
 
 
 def load_slice(path: str) -> Any:
-    from .curation._net import load_slice_model
+    from .models._slice import load_slice_model
 
     return load_slice_model(path)
 
 
 def _model_type(kind: str) -> tuple[type, Callable[[str], Any]]:
-    from .curation._net import SliceModel
     from .models import SegmentModel
+    from .models._slice import SliceModel
 
     if kind == "segment":
         return SegmentModel, load_segment
@@ -85,12 +88,12 @@ def _model_type(kind: str) -> tuple[type, Callable[[str], Any]]:
 
 def _load_checkpoint(path: str) -> tuple[str, Any]:
     """(kind, model) for a checkpoint folder, read on the CPU once per process."""
-    from .inference import cached_model
     from .models._checkpoint import read_checkpoint
+    from .models._runtime import cached_model
 
     found = read_checkpoint(pathlib.Path(path))
     if found is None:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no model checkpoint at {path!r}: predict as a path must be a folder with "
             "config.json and model.safetensors, written by ctvol.models.save_segmenter (a "
             "segmenter) or ctvol.curation.save_slice_model (a slice classifier)"
@@ -103,8 +106,8 @@ def _load_checkpoint(path: str) -> tuple[str, Any]:
         kind = "slice"
     else:
         hint = ("; reslice U-nets generate slices: use ctvol.reslice"
-                if fmt == "ctvol-reslice-model" else "")
-        raise ValueError(
+                if fmt == _checkpoint.FORMAT else "")
+        raise ModelError(
             f"{cfg_path} holds a {fmt!r} checkpoint; shift_interleave runs "
             f"{SEGMENT_FORMAT!r} (segmenters) and {SLICE_FORMAT!r} (slice classifiers){hint}"
         )
@@ -120,7 +123,7 @@ def _check_device(device: str | None) -> None:
     try:
         torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1' "
+        raise OptionError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1' "
                          f"(or None: CUDA when available), got {device!r}") from err
 
 
@@ -128,14 +131,14 @@ def _check_classes(classes: Any) -> tuple[tuple[int, ...], tuple[str, ...] | Non
     if classes is None:
         return (), None
     if isinstance(classes, bool) or isinstance(classes, str | bytes):
-        raise ValueError(f"classes must be a count or a sequence of names, got {classes!r}")
+        raise OptionError(f"classes must be a count or a sequence of names, got {classes!r}")
     if isinstance(classes, int | np.integer):
         if classes < 1:
-            raise ValueError(f"classes must be >= 1, got {classes!r}")
+            raise OptionError(f"classes must be >= 1, got {classes!r}")
         return (int(classes),), None
     names = tuple(str(c) for c in classes)
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"classes must name distinct classes, got {classes!r}")
+        raise OptionError(f"classes must name distinct classes, got {classes!r}")
     return (len(names),), names
 
 
@@ -154,8 +157,8 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         (``device``/``amp``/``labels`` for a plain callable, ``per_slice`` /
         ``classes`` that contradict a model, a localizer asked for labels).
     """
-    from .curation._net import SliceModel
     from .models import SegmentModel
+    from .models._slice import SliceModel
 
     if isinstance(predict, os.PathLike):
         predict = os.fspath(predict)
@@ -164,14 +167,14 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         kind, model = _load_checkpoint(path)
         source: Any = path
     elif isinstance(predict, SegmentModel | SliceModel):
-        from .inference import graph_model
+        from .models._runtime import graph_model
 
         kind = "segment" if isinstance(predict, SegmentModel) else "slice"
         model = predict
         source = graph_model(model, kind)  # its path, or one key named by its digest
     elif callable(predict):
         if device is not None or amp or labels:
-            raise ValueError(
+            raise OptionError(
                 "device, amp and labels apply to ctvol models (a SegmentModel, a SliceModel or "
                 "a checkpoint path); predict is a plain callable: place and run it yourself"
             )
@@ -179,7 +182,7 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         if per_slice is None:
             per_slice = classes is not None
         if not per_slice and classes is not None:
-            raise ValueError("classes describe per-slice outputs: pass per_slice=True (or no "
+            raise OptionError("classes describe per-slice outputs: pass per_slice=True (or no "
                              "classes for a block -> block predictor)")
         import dask
 
@@ -189,7 +192,7 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
             outputs=outputs if per_slice else None, classes=names, labels=False,
             description=f"{getattr(predict, '__module__', '?')}.{name}", digest=None)
     else:
-        raise TypeError(
+        raise OptionTypeError(
             "predict must be a callable (block -> block), a SegmentModel or SliceModel, or a "
             f"checkpoint path, got {type(predict).__name__}")
 
@@ -197,18 +200,18 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
     where = model.path or f"in-memory, digest {model.digest[:12]}"
     if kind == "segment":
         if per_slice or classes is not None:
-            raise ValueError(f"{model!r} maps a block to a block of probabilities of the same "
+            raise ModelError(f"{model!r} maps a block to a block of probabilities of the same "
                              "shape: per_slice and classes do not apply")
         return Predictor(kind=kind, source=source, outputs=None, classes=None,
                          labels=bool(labels), description=f"segmenter {where}",
                          digest=model.digest)
     if per_slice is False:
-        raise ValueError(f"{model!r} gives one row per slice: per_slice=False does not apply")
+        raise ModelError(f"{model!r} gives one row per slice: per_slice=False does not apply")
     names = tuple(model.classes)
     if classes is not None:
-        raise ValueError(f"{model!r} names its classes ({list(names)}): leave classes unset")
+        raise ModelError(f"{model!r} names its classes ({list(names)}): leave classes unset")
     if labels and model.task != "classify":
-        raise ValueError(f"labels=True takes the most probable class, but {model!r} is a "
+        raise ModelError(f"labels=True takes the most probable class, but {model!r} is a "
                          f"{model.task!r} model")
     return Predictor(kind=kind, source=source, outputs=() if labels else (len(names),),
                      classes=names, labels=bool(labels),
@@ -230,7 +233,7 @@ def on_worker(kind: str, source: Any, *, device: str | None, amp: bool,
     """The block function for a task argument (models: cached per process and device)."""
     if kind == "callable":
         return source  # type: ignore[no-any-return]
-    from .inference import cached_model, resolve_device
+    from .models._runtime import cached_model, resolve_device
 
     # Resolved here, on the worker: the GPU is where the task runs, not where
     # the graph was built.

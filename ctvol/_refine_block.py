@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PredictError
+from .errors import PredictError, VolumeError
 
 __all__ = ["refine_block"]
 
@@ -134,7 +134,7 @@ def refine_block(
     expected: tuple[int, ...] = x.shape
     if outputs is not None:  # one value (or row of C) per slice along axis 0
         if tuple(axes) != (0,) or any(h != (0, 0) for h in halo[1:]):
-            raise ValueError("per-slice outputs refine along axis 0 only, from whole slices")
+            raise VolumeError("per-slice outputs refine along axis 0 only, from whole slices")
         expected = (x.shape[0], *outputs)
         keep = (keep[0],) + (slice(None),) * len(outputs)
         kept = [kept[0], *outputs]

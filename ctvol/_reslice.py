@@ -9,7 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GeometryError
+from ._compute import cluster_has_gpu
+from ._deps import available
+from ._volume import check_factor, derive_attrs, uneven_step
+from .errors import GeometryError, ModelError, OptionError, VolumeError
+from .models import as_model, bundled_name
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -21,12 +25,6 @@ METHODS = ("auto", "unet", "linear")
 PAPER_FACTORS = (3, 4, 5)
 #: Relative tolerance on slice steps and on target-spacing arithmetic.
 RTOL = 1e-3
-
-
-def _check_factor(factor: Any) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 2:
-        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
-    return int(factor)
 
 
 def plan_factor(
@@ -66,12 +64,12 @@ def plan_factor(
     (5, 1)
     """
     if (factor is None) == (spacing is None):
-        raise ValueError("give exactly one of factor= or spacing=")
+        raise OptionError("give exactly one of factor= or spacing=")
     if factor is not None:
-        return _check_factor(factor), 1
+        return check_factor(factor), 1
     assert spacing is not None
     if not spacing > 0:
-        raise ValueError(f"spacing must be > 0 mm, got {spacing!r}")
+        raise OptionError(f"spacing must be > 0 mm, got {spacing!r}")
     cands = sorted(set(factors)) if factors is not None else list(range(2, 11))
     reachable: dict[float, tuple[int, int]] = {}
     for k in cands:
@@ -82,32 +80,10 @@ def plan_factor(
         if abs(s - spacing) <= RTOL * spacing:
             return k, m
     listed = ", ".join(f"{s:g}" for s in sorted(reachable, reverse=True)) or "none"
-    raise ValueError(
+    raise OptionError(
         f"target spacing {spacing:g} mm is not reachable from dz = {dz:g} mm with factors "
         f"{cands}: reachable spacings are {listed} mm"
     )
-
-
-def _load(model: Any) -> Any:
-    from .models import ResliceModel, load_model
-
-    return model if isinstance(model, ResliceModel) else load_model(model)
-
-
-def _bundled_for(k: int | None) -> Any:
-    """The bundled model for factor k (k=None: any), or a FileNotFoundError listing them."""
-    from .models import bundled_models
-
-    bundled = bundled_models()
-    names = [n for n, f in bundled.items() if k is None or f == k]
-    if not names:
-        have = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none yet"
-        what = f"for factor {k}" if k is not None else "at all"
-        raise FileNotFoundError(
-            f"no bundled U-net {what} (bundled models: {have}); pass model=PATH to a "
-            "checkpoint, train one with `ctvol train`, or use method='linear'"
-        )
-    return names[0]
 
 
 #: PSNR (dB) counted for a slice reproduced exactly (MSE 0) in the self-check.
@@ -148,7 +124,7 @@ def self_check(
 
     from .metrics import map_slice_metrics
 
-    k = _check_factor(factor)
+    k = check_factor(factor)
     n = ds.sizes["z"]
     base = {"slices": 0, "psnr_unet": None, "psnr_linear": None, "ssim_unet": None,
             "ssim_linear": None}
@@ -252,27 +228,26 @@ def reslice(
     import dask.array as da
     import xarray as xr
 
-    from . import __version__
-    from .inference import resolve_device
+    from ._version import __version__
+    from .models._runtime import resolve_device
 
     if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
     if (factor is None) == (spacing is None):
-        raise ValueError("give exactly one of factor= or spacing=")
+        raise OptionError("give exactly one of factor= or spacing=")
     if factor is not None:
-        _check_factor(factor)
+        check_factor(factor)
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
-        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
+        raise VolumeError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
     name = ds.attrs.get("series_uid", "the series")
     z = np.asarray(ds["z"].values, dtype=np.float64)  # an index coordinate: in memory
     if z.size < 2:
         raise GeometryError(f"{name} has {z.size} slice(s): reslicing needs at least 2")
-    steps = np.diff(z)
-    dz = float(np.median(steps))
-    if dz <= 0 or np.any(np.abs(steps - dz) > RTOL * abs(dz) + 1e-6):
-        bad = int(np.argmax(np.abs(steps - dz)))
+    dz, bad = uneven_step(z, rtol=RTOL, atol=1e-6)
+    if bad is not None:
+        steps = np.diff(z)
         raise GeometryError(
             f"{name} has uneven slice spacing: a {steps[bad]:.4g} mm step at z={z[bad]:.2f} mm "
             f"(expected {dz:.4g} mm). Ingest splits such series into contiguous runs "
@@ -281,7 +256,7 @@ def reslice(
 
     if spacing is not None:
         if not spacing > 0:
-            raise ValueError(f"spacing must be > 0 mm, got {spacing!r}")
+            raise OptionError(f"spacing must be > 0 mm, got {spacing!r}")
         if abs(spacing - dz) <= RTOL * spacing:
             return _unchanged(ds, z, dz, method)
         if spacing > dz:
@@ -298,11 +273,12 @@ def reslice(
     if method == "auto":
         from .models import bundled_models
 
+        no_torch = model is None and not available("torch")
         if model is not None:
-            loaded = _load(model)
+            loaded = as_model(model)
             factors = [loaded.factor]
         else:
-            factors = sorted(set(bundled_models().values()))
+            factors = [] if no_torch else sorted(set(bundled_models().values()))
         try:
             k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
         except ValueError:
@@ -310,14 +286,16 @@ def reslice(
                 raise
             k, m = plan_factor(dz, spacing=spacing)
         if loaded is None and k in factors:
-            loaded = _load(_bundled_for(k))
+            loaded = as_model(bundled_name(k))
         if loaded is not None and loaded.factor != k:
-            raise ValueError(
+            raise ModelError(
                 f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was "
                 f"asked; use factor={loaded.factor} or a model trained for {k}"
             )
         if loaded is None:
-            auto = {"method": "linear", "reason": f"no U-net for factor {k}", "slices": 0,
+            why = ("torch is not installed (pip install 'ctvol[torch]')" if no_torch
+                   else f"no U-net for factor {k}")
+            auto = {"method": "linear", "reason": why, "slices": 0,
                     "psnr_unet": None, "psnr_linear": None, "ssim_unet": None,
                     "ssim_linear": None}
         else:
@@ -329,19 +307,19 @@ def reslice(
         factors = [k]  # the plan below gives (k, m) again
     if method == "unet" and auto is None:
         if model is not None:
-            loaded = _load(model)
+            loaded = as_model(model)
             factors = [loaded.factor]
         elif spacing is not None:
             from .models import bundled_models
 
-            _bundled_for(None)  # raises when nothing is bundled
+            bundled_name(None)  # raises when nothing is bundled
             factors = sorted(set(bundled_models().values()))
     k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
     if method == "unet":
         if loaded is None:
-            loaded = _load(_bundled_for(k))
+            loaded = as_model(bundled_name(k))
         if loaded.factor != k:
-            raise ValueError(
+            raise ModelError(
                 f"model {loaded!r} generates factor {loaded.factor}, but factor {k} was "
                 f"asked; use factor={loaded.factor} or a model trained for {k}"
             )
@@ -353,8 +331,8 @@ def reslice(
     # in-memory model travels as one graph key named by its digest.
     model_arg: Any = None
     if loaded is not None:
-        from .inference import graph_model, remember_model
         from .models import ResliceModel
+        from .models._runtime import graph_model, remember_model
 
         model_arg = graph_model(loaded, "reslice")
         remember_model(model_arg, dev, ResliceModel, loaded)
@@ -378,7 +356,7 @@ def reslice(
     # U-net blocks ask for a GPU where the cluster's workers declare one. Graph
     # optimisation can drop annotations (dask/dask#7036): ctvol.write computes
     # without it; see docs/reslice.md for computing such graphs yourself.
-    gpu = method == "unet" and _cluster_has_gpu()
+    gpu = method == "unet" and cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
         # blockwise, not map_blocks: `after` has one slice per block, and
         # align_arrays=False keeps the blocks paired by index, not rechunked.
@@ -396,16 +374,15 @@ def reslice(
     z_out = z[0] + idx * (dz / k)
     z_out[~generated] = z  # acquired slices keep their exact positions
     acquired = np.where(generated, -1, idx // k)
-    attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
-    spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
-    attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
     desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, "
             + (f"method='auto' -> {method!r}" if auto is not None else f"method={method!r}")
             + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
             + ")")
     if auto is not None:
         desc += f" [{auto_text(auto)}]"
-    attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])), desc]
+    attrs = derive_attrs(ds.attrs, desc)
+    spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
+    attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
     attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
                         "source_spacing_mm": dz,
                         "model_digest": loaded.digest if loaded is not None else None}
@@ -467,11 +444,10 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
     none generated, with the same coordinates and attrs as a resliced one."""
     import xarray as xr
 
-    from . import __version__
+    from ._version import __version__
 
-    attrs = {a: v for a, v in ds.attrs.items() if a not in ("complete", "sop_digest")}
-    attrs["ctvol_history"] = [*list(ds.attrs.get("ctvol_history", [])),
-                              f"ctvol {__version__} reslice: already at {dz:.4g} mm, unchanged"]
+    attrs = derive_attrs(ds.attrs, f"ctvol {__version__} reslice: already at {dz:.4g} mm, "
+                                   "unchanged")
     attrs["reslice"] = {"factor": 1, "keep_every": 1, "method": method,
                         "source_spacing_mm": dz, "model_digest": None, "unchanged": True}
     coords: dict[str, Any] = {"z": ("z", z, ds["z"].attrs),
@@ -482,17 +458,6 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
             coords[c] = ds[c]
     return xr.Dataset({"hu": (("z", "y", "x"), ds["hu"].data, ds["hu"].attrs)},
                       coords=coords, attrs=attrs)
-
-
-def _cluster_has_gpu() -> bool:
-    """True when a distributed Client is active and a worker declares a GPU resource."""
-    from ._compute import active_client
-
-    client = active_client()
-    if client is None:
-        return False
-    workers = client.scheduler_info().get("workers", {}).values()
-    return any("GPU" in (w.get("resources") or {}) for w in workers)
 
 
 def _block(cur: np.ndarray, after: np.ndarray, block_id: np.ndarray, model: Any, *, k: int,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, NoInputError
 
 __all__ = ["RunSummary", "load_config", "run"]
 
@@ -41,15 +41,16 @@ def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> 
     else:
         path = pathlib.Path(path_or_mapping)
         if not path.is_file():
-            raise FileNotFoundError(f"pipeline config {path} does not exist")
+            raise NoInputError(f"pipeline config {path} does not exist")
         text = path.read_text()
         if path.suffix == ".toml":
             import tomllib
 
             cfg = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            import yaml
+            from ._deps import require
 
+            yaml = require("yaml", f"the YAML pipeline config {path} (or write it as TOML)")
             cfg = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{path}: a pipeline config is .yaml, .yml or .toml")
@@ -166,10 +167,10 @@ def _peak_rss_mb() -> float:
 
 
 def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
-    import ctvol
+    from ._ingest import ingest
 
     opts = cfg["ingest"]
-    rep = ctvol.ingest(cfg["inputs"], cfg["store"], progress=progress, **opts)
+    rep = ingest(cfg["inputs"], cfg["store"], progress=progress, **opts)
     slices = 0
     for _, row in rep.series.iterrows():
         key = row.get("key")
@@ -185,17 +186,18 @@ def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
 
 
 def _stage_curate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
-    import ctvol
+    from .curation import curate_store
+    from .io.store import list_series, open_series
 
-    keys = ctvol.list_series(cfg["store"])
-    todo = [k for k in keys if "label" not in ctvol.open_series(cfg["store"], k).data_vars]
+    keys = list_series(cfg["store"])
+    todo = [k for k in keys if "label" not in open_series(cfg["store"], k).data_vars]
     for k in sorted(set(keys) - set(todo)):
         summary.series.append({"stage": "curate", "series": k, "status": "skipped",
                                "reason": "labels already stored"})
     slices = 0
     if todo:
         opts = dict(cfg["curate"])
-        table = ctvol.curate_store(cfg["store"], keys=todo, progress=progress, **opts)
+        table = curate_store(cfg["store"], keys=todo, progress=progress, **opts)
         for _, row in table.iterrows():
             summary.series.append({"stage": "curate", "series": row["key"], "status": "done",
                                    "reason": row.get("note") or ""})
@@ -231,8 +233,10 @@ class _OnDemand(Mapping[str, Any]):
 
 
 def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
-    import ctvol
-    from ctvol.errors import CtvolError
+    from ._reslice import reslice
+    from .curation import curate
+    from .errors import CtvolError, MissingDependencyError
+    from .io.store import list_series, open_series, write_many
 
     opts = dict(cfg["reslice"])
     out = opts.pop("output")
@@ -241,24 +245,24 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     curated = "curate" in cfg["stages"]
     done_before = {}
     try:
-        for k in ctvol.list_series(out):
-            done_before[k] = ctvol.open_series(out, k).attrs.get("ctvol_run", {})
+        for k in list_series(out):
+            done_before[k] = open_series(out, k).attrs.get("ctvol_run", {})
     except (FileNotFoundError, CtvolError):
         pass
 
     def resliced(key: str, ds: Any = None) -> tuple[int, Any]:
         """The series' input length and its resliced volume (lazy), stamped."""
         if ds is None:
-            ds = ctvol.open_series(cfg["store"], key)
+            ds = open_series(cfg["store"], key)
         if curated and "label" in ds.data_vars:
-            kept = ctvol.curate(ds)  # the longest non-blank run (split=False)
+            kept = curate(ds)  # the longest non-blank run (split=False)
             assert not isinstance(kept, list)
             ds = kept
         ds = ds.drop_vars("label", errors="ignore")
         # method="auto" decides once per series (its self-check computes); the
         # rebuild when the write starts reuses that decision and its record.
         decided = decisions.get(key)
-        fine = ctvol.reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
+        fine = reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
                              method=decided[0] if decided else opts.get("method", "auto"),
                              model=opts.get("model"),
                              batch_size=opts.get("batch_size", 16), device=opts.get("device"))
@@ -275,8 +279,8 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     decisions: dict[str, tuple[str, dict[str, Any], str]] = {}
     stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for key in ctvol.list_series(cfg["store"]):
-        ds = ctvol.open_series(cfg["store"], key)
+    for key in list_series(cfg["store"]):
+        ds = open_series(cfg["store"], key)
         stamps[key] = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
                        "reslice": params}
         if done_before.get(key) == stamps[key]:
@@ -286,6 +290,8 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
             continue
         try:  # metadata checks now, so that a bad series is recorded as before any write
             n_in, fine = resliced(key, ds)
+        except MissingDependencyError:
+            raise  # not a property of the series: every one would fail
         except (CtvolError, ValueError, FileNotFoundError) as exc:
             summary.series.append({"stage": "reslice", "series": key, "status": "failed",
                                    "reason": str(exc)})
@@ -296,7 +302,7 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     # flagged complete when its own blocks finish. StoreWriteError (disk full,
     # permissions) stops the run; any other failure skips only its series.
     todo = _OnDemand(list(sizes), lambda key: resliced(key)[1])
-    outcome = ctvol.write_many(todo, out, compressor=compressor, progress=progress,
+    outcome = write_many(todo, out, compressor=compressor, progress=progress,
                                errors="collect")
     for key, err in outcome.items():
         if err is not None:
@@ -321,17 +327,19 @@ def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
     models' digests (a bundled default: this ctvol's version), JSON-normalised."""
     import json
 
-    import ctvol
+    from ._version import __version__
+    from .io.store import list_series, open_series
+    from .models import load_model
 
     store = cfg["store"]
-    sources = {k: ctvol.open_series(store, k).attrs.get("sop_digest")
-               for k in ctvol.list_series(store)}
+    sources = {k: open_series(store, k).attrs.get("sop_digest")
+               for k in list_series(store)}
     model = cfg["evaluate"].get("model")
-    models: Any = ctvol.__version__
+    models: Any = __version__
     if model is not None:
         paths = model.values() if isinstance(model, Mapping) else (
             [model] if isinstance(model, str) else model)
-        models = [ctvol.load_model(m).digest for m in paths]
+        models = [load_model(m).digest for m in paths]
     stamp = {"sources": sources, "evaluate": cfg["evaluate"], "models": models}
     return dict(json.loads(json.dumps(stamp, default=str)))
 
@@ -339,7 +347,7 @@ def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
 def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
     import json
 
-    import ctvol
+    from .evaluation import evaluate
 
     opts = dict(cfg["evaluate"])
     out = opts.pop("output")
@@ -358,7 +366,7 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
                                              "models)"})
         summary.stages[-1]["note"] = f"unchanged: {report}"
         return
-    rep = ctvol.evaluate(cfg["store"], factor, progress=progress, **opts)
+    rep = evaluate(cfg["store"], factor, progress=progress, **opts)
     rep.save(out, figures=figures)
     doc = json.loads(report.read_text())
     doc["ctvol_run"] = stamp  # what this report was computed from (see above)
@@ -382,8 +390,8 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
 def _job_size(cfg: dict[str, Any]) -> int | None:
     """The run's size for ``scheduler: auto``: input files when it ingests, else the
     store's slices (None when unknown: a URL)."""
-    import ctvol
-    from ctvol.errors import CtvolError
+    from .errors import CtvolError
+    from .io.store import list_series, open_series
 
     if "ingest" in cfg["stages"]:
         n = 0
@@ -393,8 +401,8 @@ def _job_size(cfg: dict[str, Any]) -> int | None:
             n += 1 if os.path.isfile(p) else sum(len(f) for _, _, f in os.walk(p))
         return n
     try:
-        return sum(int(ctvol.open_series(cfg["store"], k).sizes["z"])
-                   for k in ctvol.list_series(cfg["store"]))
+        return sum(int(open_series(cfg["store"], k).sizes["z"])
+                   for k in list_series(cfg["store"]))
     except (CtvolError, OSError):
         return None
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._refine_block import refine_block
-from .errors import GeometryError
+from ._volume import derive_attrs, uneven_step
+from .errors import GeometryError, OptionError, OptionTypeError, VolumeError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -59,11 +60,11 @@ def _check_factors(factor: Any, axes: tuple[Hashable, ...]) -> tuple[int, ...]:
     factors = _as_tuple(factor)
     for f in factors:
         if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 1:
-            raise ValueError(f"factor must be an integer >= 1 (or one per axis), got {factor!r}")
+            raise OptionError(f"factor must be an integer >= 1 (or one per axis), got {factor!r}")
     if len(factors) == 1 and len(axes) > 1:
         factors = factors * len(axes)
     if len(factors) != len(axes):
-        raise ValueError(
+        raise OptionError(
             f"factor {factor!r} has {len(factors)} entries but axis {axes!r} has {len(axes)}: "
             "give one factor, or one per axis"
         )
@@ -73,12 +74,12 @@ def _check_factors(factor: Any, axes: tuple[Hashable, ...]) -> tuple[int, ...]:
 def _check_axes(axis: Any, dims: tuple[Hashable, ...]) -> tuple[Hashable, ...]:
     axes = _as_tuple(axis)
     if not axes:
-        raise ValueError("axis must name at least one dimension")
+        raise OptionError("axis must name at least one dimension")
     for a in axes:
         if a not in dims:
-            raise ValueError(f"axis {a!r} is not a dimension of the data: dims are {dims!r}")
+            raise VolumeError(f"axis {a!r} is not a dimension of the data: dims are {dims!r}")
     if len(set(axes)) != len(axes):
-        raise ValueError(f"axis {axis!r} names a dimension twice")
+        raise OptionError(f"axis {axis!r} names a dimension twice")
     return axes
 
 
@@ -86,22 +87,21 @@ def _check_depth(predict_depth: Any, dims: tuple[Hashable, ...]) -> dict[Hashabl
     if isinstance(predict_depth, Mapping):
         unknown = [d for d in predict_depth if d not in dims]
         if unknown:
-            raise ValueError(f"predict_depth names {unknown!r}, not dimensions of {dims!r}")
+            raise VolumeError(f"predict_depth names {unknown!r}, not dimensions of {dims!r}")
         depth = {d: predict_depth.get(d, 0) for d in dims}
     else:
         depth = dict.fromkeys(dims, predict_depth)
     for d, v in depth.items():
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(
+            raise OptionError(
                 f"predict_depth must be an integer >= 0 (per dim), got {v!r} for {d!r}")
     return {d: int(v) for d, v in depth.items()}
 
 
 def _spacing(coord: np.ndarray, name: Hashable, what: str) -> float:
-    steps = np.diff(coord)
-    step = float(np.median(steps))
-    if step == 0 or np.any(np.abs(steps - step) > RTOL * abs(step) + 1e-9):
-        bad = int(np.argmax(np.abs(steps - step)))
+    step, bad = uneven_step(coord, rtol=RTOL, atol=1e-9, increasing=False)
+    if bad is not None:
+        steps = np.diff(coord)
         raise GeometryError(
             f"{what} has uneven {name!r} spacing: a {steps[bad]:.4g} step at "
             f"{name}={coord[bad]:.4g} (expected {step:.4g}); refined coordinates need an even "
@@ -309,13 +309,13 @@ def shift_interleave(
     import dask.array as da
     import xarray as xr
 
-    from . import __version__
+    from ._compute import cluster_has_gpu
     from ._predictor import resolve
-    from ._reslice import _cluster_has_gpu
+    from ._version import __version__
 
     if isinstance(ds, xr.Dataset):
         if var not in ds:
-            raise ValueError(f"ds has no variable {var!r}: it has {list(ds.data_vars)}; "
+            raise VolumeError(f"ds has no variable {var!r}: it has {list(ds.data_vars)}; "
                              "pass var=NAME")
         arr = ds[var]
         attrs_in = dict(ds.attrs)
@@ -323,14 +323,14 @@ def shift_interleave(
         arr = ds
         attrs_in = dict(ds.attrs)
     else:
-        raise TypeError(f"ds must be an xarray Dataset or DataArray, got {type(ds).__name__}")
+        raise OptionTypeError(f"ds must be an xarray Dataset or DataArray, got {type(ds).__name__}")
     dims = tuple(arr.dims)
     axes = _check_axes(axis, dims)
     factors = _check_factors(factor, axes)
     if fuse not in FUSE:
-        raise ValueError(f"fuse must be one of {list(FUSE)}, got {fuse!r}")
+        raise OptionError(f"fuse must be one of {list(FUSE)}, got {fuse!r}")
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 0 <= order <= 5:
-        raise ValueError(f"order must be an integer spline order 0-5, got {order!r}")
+        raise OptionError(f"order must be an integer spline order 0-5, got {order!r}")
     depth_in = _check_depth(predict_depth, dims)
     pred = resolve(predict, per_slice=per_slice, classes=classes, labels=bool(labels),
                    device=device, amp=bool(amp))
@@ -338,32 +338,32 @@ def shift_interleave(
         out_dtype = np.dtype(dtype if dtype is not None
                              else (np.uint8 if pred.labels else np.float32))
     except TypeError as err:
-        raise ValueError(f"dtype must be a numpy dtype, got {dtype!r}") from err
+        raise OptionError(f"dtype must be a numpy dtype, got {dtype!r}") from err
     if fuse == "mean" and out_dtype.kind != "f":
-        raise ValueError(f"fuse='mean' averages predictions: dtype must be a float dtype, "
+        raise OptionError(f"fuse='mean' averages predictions: dtype must be a float dtype, "
                          f"got {out_dtype}")
     if fuse == "vote" and pred.is_model and not pred.labels:
-        raise ValueError(
+        raise OptionError(
             f"fuse='vote' counts equal labels, but the {pred.description} outputs "
             "probabilities: pass labels=True (a segmenter's mask, p > 0.5; a slice "
             "classifier's most probable class), or fuse='mean'")
     if pred.per_slice:
         if axes != ("z",) or dims[0] != "z" or (pred.is_model and len(dims) != 3):
-            raise ValueError(
+            raise VolumeError(
                 f"a per-slice predictor ({pred.description}: one value or row per slice) "
                 f"refines along 'z' only, from data with 'z' first"
                 f"{' and (z, y, x) slices' if pred.is_model else ''}: got axis={axis!r} on "
                 f"dims {dims} of shape {tuple(arr.shape)}; refine along z, or use a "
                 "block -> block predictor")
         if any(depth_in[d] for d in dims[1:]):
-            raise ValueError(f"predict_depth {predict_depth!r}: a per-slice predictor sees "
+            raise OptionError(f"predict_depth {predict_depth!r}: a per-slice predictor sees "
                              "whole slices; give predict_depth along 'z' only")
 
     what = attrs_in.get("series_uid", "the data")
     sizes = dict(zip(dims, arr.shape, strict=True))
     for a, k in zip(axes, factors, strict=True):
         if sizes[a] < 1:
-            raise ValueError(f"axis {a!r} has no samples")
+            raise VolumeError(f"axis {a!r} has no samples")
         if a in arr.coords and sizes[a] > 1:
             _spacing(np.asarray(arr[a].values, dtype=np.float64), a, what)
         elif a in arr.coords and k > 1 and extend:
@@ -415,7 +415,7 @@ def shift_interleave(
     # A model's tasks ask for a GPU where the cluster's workers declare one
     # (as ctvol.reslice's; graph optimisation can drop annotations,
     # dask/dask#7036: ctvol's compute and the CLI compute without it).
-    gpu = pred.is_model and _cluster_has_gpu()
+    gpu = pred.is_model and cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
         fine = da.map_blocks(
             _task, haloed, pred.source, nblocks=nblocks, depth=depth, axes=ax_idx,
@@ -453,15 +453,14 @@ def shift_interleave(
             spacing_attr[dims.index(a)] = float(spacing_attr[dims.index(a)]) / k
     if pred.outputs and pred.classes is not None:
         coords["class"] = ("class", np.array(pred.classes, dtype=object))  # zarr: vlen strings
-    attrs = {key: v for key, v in attrs_in.items() if key not in ("complete", "sop_digest")}
-    if spacing_attr is not None:
-        attrs["spacing"] = spacing_attr
     options = "".join([", per_slice=True" if pred.per_slice else "",
                        ", labels=True" if pred.labels else ""])
     desc = (f"ctvol {__version__} shift_interleave(factor={list(factors)}, "
             f"axis={list(axes)}, fuse={fuse!r}, order={order}, extend={extend}{options}, "
             f"predict={pred.description!r})")
-    attrs["ctvol_history"] = [*list(attrs_in.get("ctvol_history", [])), desc]
+    attrs = derive_attrs(attrs_in, desc)
+    if spacing_attr is not None:
+        attrs["spacing"] = spacing_attr
     attrs["sub_voxel_prediction"] = True
     attrs["shift_interleave"] = {
         "factor": list(factors), "axis": [str(a) for a in axes], "fuse": fuse,

@@ -59,7 +59,7 @@ def _scheduler(spec: str, workers: int | None, quiet: bool = False,
                slices: int | None = None) -> Iterator[Any]:
     """The scheduler context of a command; ``auto`` picks threads or a LocalCluster
     by the job's size in slices (``ctvol._compute.choose_scheduler``)."""
-    from ctvol._compute import choose_scheduler, scheduler_context
+    from ._compute import choose_scheduler, scheduler_context
 
     with scheduler_context(choose_scheduler(spec, slices), workers,
                            announce=not quiet) as client:
@@ -82,11 +82,11 @@ def _count_files(inputs: Sequence[str]) -> int | None:
 def _count_slices(store: str, keys: Sequence[str]) -> int:
     """Slices of the given series: from the ingest catalog when it lists them (one
     read), else from each series' metadata."""
-    import ctvol
+    from .io.store import catalog, open_series
 
-    cat = ctvol.catalog(store)
+    cat = catalog(store)
     known = dict(zip(cat["key"], cat["n_slices"], strict=True)) if len(cat) else {}
-    return sum(int(known[k]) if k in known else int(ctvol.open_series(store, k).sizes["z"])
+    return sum(int(known[k]) if k in known else int(open_series(store, k).sizes["z"])
                for k in keys)
 
 
@@ -128,7 +128,7 @@ def _fail(command: str, message: str, code: int = 1) -> int:
 
 
 def _check_inputs(inputs: Sequence[str]) -> None:
-    from ctvol.errors import NoInputError
+    from .errors import NoInputError
 
     for p in inputs:
         if "://" not in p and not os.path.exists(p):
@@ -136,8 +136,8 @@ def _check_inputs(inputs: Sequence[str]) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    import ctvol
-    from ctvol.io.store import check_store_path
+    from ._ingest import ingest
+    from .io._layout import check_store_path
 
     opts = _options.from_args("ingest", args)
     opts["modalities"] = opts["modalities"] or _options.OPTIONS["ingest"][0].default
@@ -145,7 +145,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     check_store_path(args.output, create=True)
     with _scheduler(args.scheduler, args.workers, args.quiet,
                     slices=_count_files(args.inputs)):
-        report = ctvol.ingest(args.inputs, args.output, progress=not args.quiet, **opts)
+        report = ingest(args.inputs, args.output, progress=not args.quiet, **opts)
     if not args.quiet:
         print()
     print(report.summary())
@@ -164,28 +164,28 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import ctvol
-    from ctvol._ingest import format_series_table
-    from ctvol.io.store import list_incomplete
+    from ._ingest import format_series_table
+    from .io._layout import list_incomplete
+    from .io.store import catalog, list_series, open_series
 
     if args.key:
-        print(ctvol.open_series(args.store, args.key))
+        print(open_series(args.store, args.key))
         return 0
     if args.files:
         import pandas as pd
 
-        df = ctvol.catalog(args.store, level="files")
+        df = catalog(args.store, level="files")
         with pd.option_context("display.width", 250, "display.max_colwidth", 120,
                                "display.max_rows", None):
             print(df[["path", "status", "reason", "key", "detail"]].to_string(index=False))
         return 0
-    series = ctvol.catalog(args.store)
-    files = ctvol.catalog(args.store, level="files")
+    series = catalog(args.store)
+    files = catalog(args.store, level="files")
     if files.empty:  # a store written by ctvol.write/reslice: no ingest catalog
-        keys = ctvol.list_series(args.store)
+        keys = list_series(args.store)
         print(f"{args.store}: {len(keys)} series (no ingest catalog)")
         for key in keys:
-            ds = ctvol.open_series(args.store, key)
+            ds = open_series(args.store, key)
             gen = int(ds["generated"].sum()) if "generated" in ds.coords else 0
             how = f"; {_method_text(ds)}" if "reslice" in ds.attrs else ""
             print(f"  {key}: {ds.sizes['z']} slices ({gen} generated) of "
@@ -211,14 +211,14 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
     ``args.output``; a series that fails is skipped with its reason (exit code 3).
 
     The store, the keys and the output path are checked before a cluster starts."""
-    import ctvol
-    from ctvol.errors import CtvolError
-    from ctvol.io.store import check_store_path
+    from .errors import CtvolError, MissingDependencyError
+    from .io._layout import check_store_path
+    from .io.store import list_series, open_series, write
 
-    keys = args.series or ctvol.list_series(args.store)
+    keys = args.series or list_series(args.store)
     if not keys:
         return _fail(command, f"no complete series in {args.store}")
-    missing = sorted(set(keys) - set(ctvol.list_series(args.store)))
+    missing = sorted(set(keys) - set(list_series(args.store)))
     if missing:
         return _fail(command, f"--series {' '.join(missing)}: not a complete series of "
                               f"{args.store} (`ctvol info {args.store}` lists them)")
@@ -229,8 +229,10 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
                     slices=_count_slices(args.store, keys)):
         for key in keys:
             try:
-                ds = ctvol.open_series(args.store, key)
+                ds = open_series(args.store, key)
                 out = make(ds)
+            except MissingDependencyError:
+                raise  # not a property of the series: every one would fail
             except (ValueError, FileNotFoundError, CtvolError) as exc:
                 print(f"ctvol {command}: series {key} skipped: {_cli_words(str(exc))}",
                       file=sys.stderr)
@@ -238,7 +240,7 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
                 continue
             if not args.quiet:
                 print(f"{key}: {describe(ds, out)}", flush=True)
-            ctvol.write(out, args.output, key, compressor=getattr(args, "compressor", "lz4"),
+            write(out, args.output, key, compressor=getattr(args, "compressor", "lz4"),
                         progress=not args.quiet)
     print(f"{len(keys) - len(failed)} series {done} into {args.output}"
           + (f"; {len(failed)} skipped" if failed else ""))
@@ -250,12 +252,12 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
     """``--method unet``: the checkpoint loads and fits the factor, or a bundled model
     exists for it (checked before a cluster starts). ``--method auto`` checks a
     given ``--model`` the same way; without one it falls back to linear itself."""
-    from ctvol.errors import OptionError
+    from .errors import OptionError
 
     if method not in ("unet", "auto") or (method == "auto" and model is None):
         return
     if inplane:
-        from ctvol.models import bundled_inplane_models, load_inplane_model
+        from .models import bundled_inplane_models, load_inplane_model
 
         if model is not None:
             try:
@@ -269,7 +271,7 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
             raise OptionError(f"no bundled in-plane U-net for factor {factor} (bundled: "
                               f"{names}); give --model PATH or --method bilinear")
         return
-    from ctvol.models import bundled_models, load_model
+    from .models import bundled_models, load_model
 
     if model is not None:
         try:
@@ -289,14 +291,14 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
 
 
 def _cmd_reslice(args: argparse.Namespace) -> int:
-    import ctvol
+    from ._reslice import reslice
 
     opts = _options.from_args("reslice", args)
     _check_model(opts["method"], opts["model"], opts["factor"])
     opts.pop("compressor")  # ctvol.write's, in _each_series
 
     def make(ds: Any) -> Any:
-        return ctvol.reslice(ds, **opts)
+        return reslice(ds, **opts)
 
     def describe(ds: Any, out: Any) -> str:
         n_gen = int(out.generated.sum())
@@ -311,7 +313,7 @@ def _cmd_reslice(args: argparse.Namespace) -> int:
 
 def _method_text(out: Any) -> str:
     """``linear`` / ``unet``, or the auto decision with both self-check scores."""
-    from ctvol._reslice import auto_text
+    from ._reslice import auto_text
 
     info = out.attrs.get("reslice", {})
     if "auto" not in info:
@@ -320,8 +322,8 @@ def _method_text(out: Any) -> str:
 
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
-    import ctvol
-    from ctvol.errors import OptionError
+    from ._inplane import upsample_inplane
+    from .errors import OptionError
 
     if args.factor < 2:
         raise OptionError(f"--factor must be an integer >= 2, got {args.factor}")
@@ -330,7 +332,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     _check_model(args.method, args.model, args.factor, inplane=True)
 
     def make(ds: Any) -> Any:
-        return ctvol.upsample_inplane(ds, args.factor, method=args.method, model=args.model,
+        return upsample_inplane(ds, args.factor, method=args.method, model=args.model,
                                       batch_size=args.batch_size, device=args.device)
 
     def describe(ds: Any, out: Any) -> str:
@@ -342,10 +344,10 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import ctvol
+    from ._export import export
 
     with _scheduler(args.scheduler, args.workers):
-        table = ctvol.export(args.store, args.output, args.format, series=args.series,
+        table = export(args.store, args.output, args.format, series=args.series,
                              progress=not args.quiet)
     failed = table[table["status"] == "failed"]
     for row in failed.itertuples():
@@ -364,7 +366,7 @@ def _check_output(output: str, store: str) -> None:
     """Refuse to write predictions into the input store or over something not Zarr."""
     import os
 
-    from ctvol.errors import StoreError
+    from .errors import StoreError
 
     if "://" in output:
         return
@@ -406,18 +408,19 @@ def _prediction_dataset(out: Any, args: argparse.Namespace) -> Any:
 
 
 def _shift_interleave_result(args: argparse.Namespace) -> Any:
-    import ctvol
+    from ._shift_interleave import shift_interleave
+    from .io.store import open_series
 
-    ds = ctvol.open_series(args.store, args.key)
+    ds = open_series(args.store, args.key)
     factor = args.factor[0] if len(args.factor) == 1 else tuple(args.factor)
     axis = args.axis[0] if len(args.axis) == 1 else tuple(args.axis)
-    return ds, ctvol.shift_interleave(ds, args.model, factor, axis, fuse=args.fuse,
+    return ds, shift_interleave(ds, args.model, factor, axis, fuse=args.fuse,
                                       labels=args.labels or args.fuse == "vote",
                                       device=args.device, amp=args.amp)
 
 
 def _cmd_shift_interleave(args: argparse.Namespace) -> int:
-    from ctvol.io._group import write_group
+    from .io._write import write_group
 
     _check_output(args.output, args.store)
     try:
@@ -462,8 +465,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    import ctvol
-    from ctvol.errors import EvaluationWarning
+    from .errors import EvaluationWarning
+    from .evaluation import CONVENTIONS, evaluate
+    from .io.store import list_series
+    from .models import load_model
 
     opts = _options.from_args("evaluate", args)
     series: Any = None
@@ -472,13 +477,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         series = (pairs if any(v is not None for v in pairs.values()) else list(pairs))
         if isinstance(series, dict):
             series = {k: (v if v is not None else slice(None)) for k, v in series.items()}
-    keys = list(dict(args.series)) if args.series else ctvol.list_series(args.store)
+    keys = list(dict(args.series)) if args.series else list_series(args.store)
     model: Any = None
     if opts["model"] and "unet" in opts["methods"]:
-        from ctvol.errors import OptionError
+        from .errors import OptionError
 
         try:
-            loaded = [ctvol.load_model(m) for m in opts["model"]]
+            loaded = [load_model(m) for m in opts["model"]]
         except (OSError, ValueError) as exc:
             raise OptionError(f"--model: {exc}") from None
         model = {m.factor: m for m in loaded}
@@ -487,7 +492,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings():  # shown once, after the tables
                 warnings.simplefilter("ignore", EvaluationWarning)
-                rep = ctvol.evaluate(args.store, opts["factor"], methods=opts["methods"],
+                rep = evaluate(args.store, opts["factor"], methods=opts["methods"],
                                      model=model, series=series, strides=opts["strides"],
                                      batch_size=opts["batch_size"], device=opts["device"],
                                      progress=not args.quiet)
@@ -497,10 +502,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 160, "display.max_columns", 30,
                            "display.float_format", "{:.4g}".format):
         for conv in ("generated", "volume"):
-            print(f"\n{conv}: {ctvol._evaluate.CONVENTIONS[conv]}")
+            print(f"\n{conv}: {CONVENTIONS[conv]}")
             print(rep.summary(convention=conv, stride=min(opts["strides"])).to_string(na_rep="—"))
         if any(" - " in m for m in rep.table.method.unique()):
-            from ctvol._report import P_EXPLAINED
+            from .evaluation._report import P_EXPLAINED
 
             print(f"\n{P_EXPLAINED}")
     skipped = rep.info["data"]["skipped"]
@@ -509,15 +514,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for d in skipped:
         print(f"ctvol evaluate: skipped {d['series']} x{d['factor']} stride {d['stride']}: "
               f"{d['reason']}", file=sys.stderr)
-    print(f"\nreport written to {out}/ (report.md, report.json, figures/)")
+    files = "report.md, report.json" + (", figures/" if rep.info.get("figures") else "")
+    print(f"\nreport written to {out}/ ({files})")
     return EXIT_PARTIAL if skipped else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import ctvol
+    from .training.loop import train
 
     arch = {"depth": args.depth, "base": args.base, "output": args.output_kind}
-    model = ctvol.train(
+    model = train(
         args.store, args.factor, epochs=args.epochs, out=args.out, batch_size=args.batch_size,
         lr=args.lr, crop=args.crop or None, architecture=arch, augment=not args.no_augment,
         device=args.device, num_workers=args.loader_workers, seed=args.seed,
@@ -530,13 +536,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    import ctvol
+    from .curation import curate_store
+    from .io.store import list_series
 
     opts = _options.from_args("curate", args)
-    keys = args.series or ctvol.list_series(args.store)  # a store, before a cluster starts
+    keys = args.series or list_series(args.store)  # a store, before a cluster starts
     if opts["model"] is not None:
-        from ctvol.curation import load_slice_model
-        from ctvol.errors import OptionError
+        from .curation import load_slice_model
+        from .errors import OptionError
 
         try:  # checked here; the path goes to the workers, each loads it once
             load_slice_model(opts["model"])
@@ -544,7 +551,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
             raise OptionError(f"--model {opts['model']}: {exc}") from None
     with _scheduler(args.scheduler, args.workers, args.quiet,
                     slices=_count_slices(args.store, keys)):
-        table = ctvol.curate_store(args.store, keys=keys, progress=not args.quiet, **opts)
+        table = curate_store(args.store, keys=keys, progress=not args.quiet, **opts)
     print()
     print(table.to_string(index=False))
     empty = table[table["kept"] == 0]
@@ -554,9 +561,9 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import ctvol
+    from ._run import run
 
-    summary = ctvol.run(args.config, scheduler=args.scheduler, workers=args.workers,
+    summary = run(args.config, scheduler=args.scheduler, workers=args.workers,
                         progress=not args.quiet)
     print()
     print(summary.table())
@@ -568,7 +575,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ctvol import __version__
+    from ._version import __version__
 
     parser = _Parser(prog="ctvol", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"ctvol {__version__}")
@@ -722,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(exc: BaseException) -> str:
     """An exception as one line, in words (no ``[Errno 13]``, no quotes around a KeyError)."""
-    from ctvol.errors import CtvolError
+    from .errors import CtvolError
 
     if isinstance(exc, OSError) and not isinstance(exc, CtvolError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
@@ -782,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
-    from ctvol.errors import CtvolError, OptionError
+    from .errors import CtvolError, OptionError
 
     args = build_parser().parse_args(argv)
     command = args.command

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "CtvolWarning",
     "CurationError",
+    "DataError",
     "DicomReadError",
     "GeometryError",
     "EvaluationWarning",
@@ -22,13 +23,19 @@ __all__ = [
     "HounsfieldRangeError",
     "IngestWarning",
     "LabelError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelNotFoundError",
     "NoInputError",
     "OutputExistsError",
     "OptionError",
+    "OptionTypeError",
     "PredictError",
     "SeriesNotFoundError",
+    "StoreNotFoundError",
     "StoreError",
     "StoreWriteError",
+    "VolumeError",
 ]
 
 
@@ -110,3 +117,35 @@ class LabelError(CtvolError, ValueError):
 
 class PredictError(CtvolError, ValueError):
     """A user's block predictor returned a block of the wrong shape or dtype."""
+
+
+class VolumeError(CtvolError, ValueError):
+    """A dataset that is not a ctvol volume: no ``hu`` on ``("z", "y", "x")``, or no
+    slices (docs/storage.md)."""
+
+
+class DataError(CtvolError, ValueError):
+    """The data cannot serve the request: no windows or samples for the factor or
+    patch asked, no series to evaluate (names the store and what is missing)."""
+
+
+class ModelError(CtvolError, ValueError):
+    """A model that cannot do what is asked: another factor or task, or a checkpoint
+    of another format (names the model or its config)."""
+
+
+class ModelNotFoundError(CtvolError, FileNotFoundError):
+    """No model by that name or path: not bundled and not a checkpoint folder."""
+
+
+class StoreNotFoundError(CtvolError, FileNotFoundError):
+    """No cohort store at the path or URL given."""
+
+
+class OptionTypeError(CtvolError, TypeError):
+    """An argument of the wrong type (named, with the type given)."""
+
+
+class MissingDependencyError(CtvolError, ImportError):
+    """An optional dependency is not installed; the message names the extra that
+    installs it (``pip install 'ctvol[torch]'``)."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import GeometryError
+
 __all__ = [
     "SPACING_RTOL",
     "SPACING_ATOL_MM",
@@ -54,7 +56,7 @@ def slice_normal(orientation: np.ndarray | tuple[float, ...]) -> np.ndarray:
     n = np.cross(o[:3], o[3:6])
     norm = np.linalg.norm(n)
     if not np.isfinite(norm) or norm < 1e-6:
-        raise ValueError(f"ImageOrientationPatient {list(o)} has parallel or zero cosines")
+        raise GeometryError(f"ImageOrientationPatient {list(o)} has parallel or zero cosines")
     return n / norm
 
 

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["HU_WINDOW", "from_unit", "to_unit"]
+__all__ = ["HU_WINDOW", "from_unit", "to_hu_int16", "to_unit"]
 
 #: The intensity window of the paper, in HU.
 HU_WINDOW = (-1024.0, 1024.0)
@@ -33,3 +33,8 @@ def from_unit(x: T, window: tuple[float, float] = HU_WINDOW) -> T:
     if isinstance(x, np.ndarray):
         return (np.clip(x, 0.0, 1.0) * (hi - lo) + lo)  # type: ignore[return-value]
     return x.clip(0.0, 1.0) * (hi - lo) + lo  # type: ignore[attr-defined,no-any-return]
+
+
+def to_hu_int16(values: np.ndarray) -> np.ndarray:
+    """Float HU → int16 HU: round half to even, saturate at the int16 range."""
+    return np.rint(values).clip(-32768, 32767).astype(np.int16)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError, VolumeError
 from .intensity import HU_WINDOW
 
 __all__ = ["METRICS", "map_slice_metrics", "mse", "psnr", "slice_metrics", "ssim"]
@@ -41,11 +42,11 @@ def _as_blocks(a: np.ndarray, b: np.ndarray,
     a = np.asarray(a, dtype=dtype)
     b = np.asarray(b, dtype=dtype)
     if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+        raise VolumeError(f"shapes differ: {a.shape} vs {b.shape}")
     if a.ndim == 2:
         a, b = a[None], b[None]
     if a.ndim != 3:
-        raise ValueError(f"expected (y, x) or (z, y, x) arrays, got {a.ndim} dimensions")
+        raise VolumeError(f"expected (y, x) or (z, y, x) arrays, got {a.ndim} dimensions")
     return a, b
 
 
@@ -80,7 +81,7 @@ def ssim(truth: np.ndarray, test: np.ndarray, *, data_range: float = 1.0) -> np.
     """
     a, b = _as_blocks(truth, test)
     if min(a.shape[1:]) < _WIN:
-        raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
+        raise VolumeError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
     return _strip_metrics(a, b, data_range=float(data_range))[:, 1]
 
 
@@ -223,21 +224,21 @@ def slice_metrics(truth_hu: np.ndarray, test_hu: np.ndarray, *,
     if (t.dtype.kind in "iu" and u.dtype.kind in "iu" and float(lo).is_integer()
             and float(hi).is_integer() and 0 < hi - lo <= 4096):
         if t.shape != u.shape:
-            raise ValueError(f"shapes differ: {t.shape} vs {u.shape}")
+            raise VolumeError(f"shapes differ: {t.shape} vs {u.shape}")
         # Unsigned or wide integers: into int32 first (clip takes lo < 0 and
         # writes int32 scratch); int8/16/32 are clipped straight from the input.
         t, u = (v if v.dtype.kind == "i" and v.dtype.itemsize <= 4
                 else np.clip(v.astype(np.int64), lo, hi).astype(np.int32) for v in (t, u))
         a, b = (t[None], u[None]) if t.ndim == 2 else (t, u)
         if a.ndim != 3:
-            raise ValueError(f"expected (y, x) or (z, y, x) arrays, got {a.ndim} dimensions")
+            raise VolumeError(f"expected (y, x) or (z, y, x) arrays, got {a.ndim} dimensions")
         if min(a.shape[1:]) < _WIN:
-            raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
+            raise VolumeError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
         return _strip_metrics(a, b, data_range=1.0, clip=(int(lo), int(hi)))
     a, b = _as_blocks((np.clip(t.astype(np.float64), lo, hi) - lo) / (hi - lo),
                       (np.clip(u.astype(np.float64), lo, hi) - lo) / (hi - lo))
     if min(a.shape[1:]) < _WIN:
-        raise ValueError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
+        raise VolumeError(f"slices of {a.shape[1:]} are smaller than the 7×7 SSIM window")
     return _strip_metrics(a, b, data_range=1.0)
 
 
@@ -264,12 +265,12 @@ def map_slice_metrics(truth: Any, *tests: Any,
     import dask.array as da
 
     if not tests:
-        raise ValueError("give at least one test volume")
+        raise OptionError("give at least one test volume")
     arrays = [a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks=(32, -1, -1))
               for a in (truth, *tests)]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise ValueError(f"volumes differ in shape: {sorted(shapes)}")
+        raise VolumeError(f"volumes differ in shape: {sorted(shapes)}")
     zc = arrays[1].chunks[0]
     arrays = [a.rechunk((zc, -1, -1)) for a in arrays]
     return da.map_blocks(

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError, OptionTypeError, VolumeError
+
 __all__ = ["BlandAltman", "ba_ta", "bland_altman", "ba_ta_block"]
 
 UNITS = ("HU", "grey")
@@ -96,22 +98,22 @@ def ba_ta(data: Any, *, sigma: float = 1.2, threshold: float, units: str = "HU",
     import xarray as xr
 
     if units not in UNITS:
-        raise ValueError(f"units must be one of {list(UNITS)}, got {units!r}")
+        raise OptionError(f"units must be one of {list(UNITS)}, got {units!r}")
     if not (isinstance(sigma, int | float) and sigma >= 0):
-        raise ValueError(f"sigma must be a number >= 0 (pixels), got {sigma!r}")
+        raise OptionError(f"sigma must be a number >= 0 (pixels), got {sigma!r}")
     if units == "grey" and not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"a grey threshold is on the normalised [0, 1] scale, got {threshold!r};"
+        raise OptionError(f"a grey threshold is on the normalised [0, 1] scale, got {threshold!r};"
                          " use units='HU' for a threshold in stored units")
     if value_range is not None and units != "grey":
-        raise ValueError("value_range= applies to units='grey' only")
+        raise OptionError("value_range= applies to units='grey' only")
     if isinstance(data, xr.Dataset):
         if "hu" not in data:
-            raise ValueError("the Dataset has no 'hu' variable (docs/storage.md)")
+            raise VolumeError("the Dataset has no 'hu' variable (docs/storage.md)")
         data = data["hu"]
     coords: dict[str, Any] = {}
     if isinstance(data, xr.DataArray):
         if data.dims != ("z", "y", "x"):
-            raise ValueError(f"expected dims ('z', 'y', 'x'), got {data.dims}")
+            raise VolumeError(f"expected dims ('z', 'y', 'x'), got {data.dims}")
         coords = {str(n): c for n, c in data.coords.items() if c.dims == ("z",)}
         arr = data.data
     else:
@@ -119,10 +121,10 @@ def ba_ta(data: Any, *, sigma: float = 1.2, threshold: float, units: str = "HU",
     if not isinstance(arr, da.Array):
         arr = np.asarray(arr)
         if arr.ndim != 3:
-            raise ValueError(f"expected a (z, y, x) volume, got {arr.ndim} dimensions")
+            raise VolumeError(f"expected a (z, y, x) volume, got {arr.ndim} dimensions")
         arr = da.from_array(arr, chunks=(32, -1, -1))
     if arr.ndim != 3:
-        raise ValueError(f"expected a (z, y, x) volume, got {arr.ndim} dimensions")
+        raise VolumeError(f"expected a (z, y, x) volume, got {arr.ndim} dimensions")
     arr = arr.rechunk({1: -1, 2: -1})
     rng: Any = None
     if units == "grey":
@@ -183,7 +185,9 @@ class BlandAltman:
     def figure(self, *, title: str | None = None, xlabel: str = "mean of test and reference",
                ylabel: str = "test − reference") -> Any:
         """The Bland–Altman plot as a :class:`matplotlib.figure.Figure` (no pyplot)."""
-        from matplotlib.figure import Figure
+        from ._deps import require
+
+        Figure = require("matplotlib.figure", "the Bland–Altman plot").Figure
 
         fig = Figure(figsize=(5.5, 4.0), layout="constrained")
         ax = fig.add_subplot()
@@ -236,13 +240,13 @@ def bland_altman(test: Any, reference: Any) -> BlandAltman:
 
     a, b = _in_memory(test, "test"), _in_memory(reference, "reference")
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"test and reference must be 1-D of one length, got {a.shape} and "
+        raise OptionError(f"test and reference must be 1-D of one length, got {a.shape} and "
                          f"{b.shape}")
     ok = ~(np.isnan(a) | np.isnan(b))
     a, b = a[ok], b[ok]
     n = int(a.size)
     if n < 2:
-        raise ValueError(f"Bland–Altman needs at least 2 pairs without NaN, got {n}")
+        raise OptionError(f"Bland–Altman needs at least 2 pairs without NaN, got {n}")
     d = a - b
     bias = float(d.mean())
     sd = float(d.std(ddof=1))
@@ -260,6 +264,6 @@ def bland_altman(test: Any, reference: Any) -> BlandAltman:
 def _in_memory(v: Any, name: str) -> np.ndarray:
     data = getattr(v, "data", v)  # DataArray -> its array
     if hasattr(data, "dask") or type(data).__module__.startswith("dask"):
-        raise TypeError(f"{name} is lazy (dask-backed): compute it first, e.g. "
+        raise OptionTypeError(f"{name} is lazy (dask-backed): compute it first, e.g. "
                         "a, b = dask.compute(a, b); bland_altman never computes for you")
     return np.asarray(data, dtype=np.float64)

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError, OutputExistsError, VolumeError
+
 __all__ = [
     "head_phantom",
     "raise_if_dask_computes",
@@ -143,10 +145,10 @@ def head_phantom(shape: tuple[int, int, int] = (16, 64, 64), *, seed: int = 0) -
     True
     """
     if len(shape) != 3:
-        raise ValueError(f"shape must be (z, y, x), got {shape!r}")
+        raise VolumeError(f"shape must be (z, y, x), got {shape!r}")
     nz, ny, nx = (int(n) for n in shape)
     if nz < 1 or ny < 16 or nx < 16:
-        raise ValueError(
+        raise OptionError(
             f"shape must have z >= 1 and y, x >= 16 so the skull and features are "
             f"resolved, got {tuple(shape)!r}"
         )
@@ -250,7 +252,7 @@ def _slice_geometry(
 
 def _check_orientation(orientation: Sequence[float]) -> None:
     if len(orientation) != 6:
-        raise ValueError(
+        raise OptionError(
             f"orientation must be 6 direction cosines (row then column), got {orientation!r}"
         )
     row = np.asarray(orientation[:3], dtype=np.float64)
@@ -260,7 +262,7 @@ def _check_orientation(orientation: Sequence[float]) -> None:
         and abs(np.linalg.norm(col) - 1) < 1e-6
         and abs(row @ col) < 1e-6
     ):
-        raise ValueError(
+        raise OptionError(
             f"orientation must hold two orthogonal unit vectors (row cosine, column "
             f"cosine), got {tuple(orientation)!r}"
         )
@@ -411,41 +413,41 @@ def write_dicom_series(
     # ---- validate options before writing anything ------------------------
     hu = np.asarray(hu)
     if hu.ndim != 3:
-        raise ValueError(f"hu must be a 3-D (z, y, x) array, got shape {hu.shape}")
+        raise VolumeError(f"hu must be a 3-D (z, y, x) array, got shape {hu.shape}")
     if transfer_syntax not in _TRANSFER_SYNTAXES:
-        raise ValueError(
+        raise OptionError(
             f"transfer_syntax must be one of {_TRANSFER_SYNTAXES}, got {transfer_syntax!r}"
         )
     if sop_class not in _SOP_CLASSES:
-        raise ValueError(f"sop_class must be one of {_SOP_CLASSES}, got {sop_class!r}")
+        raise OptionError(f"sop_class must be one of {_SOP_CLASSES}, got {sop_class!r}")
     if pixel_representation not in (0, 1):
-        raise ValueError(
+        raise OptionError(
             f"pixel_representation must be 0 (unsigned) or 1 (signed), got {pixel_representation!r}"
         )
     if not 8 <= bits_stored <= 16:
-        raise ValueError(f"bits_stored must be 8 to 16, got {bits_stored!r}")
+        raise OptionError(f"bits_stored must be 8 to 16, got {bits_stored!r}")
     if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(
+        raise OptionError(
             f"spacing must be three positive numbers (dz, dy, dx) in mm, got {spacing!r}"
         )
     if len(origin) != 3:
-        raise ValueError(f"origin must be (x, y, z) in mm, got {origin!r}")
+        raise OptionError(f"origin must be (x, y, z) in mm, got {origin!r}")
     _check_orientation(orientation)
     if not -80.0 < tilt_deg < 80.0:
-        raise ValueError(f"tilt_deg must be within (-80, 80) degrees, got {tilt_deg!r}")
+        raise OptionError(f"tilt_deg must be within (-80, 80) degrees, got {tilt_deg!r}")
     if slope == 0 or not math.isfinite(slope) or not math.isfinite(intercept):
-        raise ValueError(
+        raise OptionError(
             f"slope must be finite and non-zero and intercept finite, got slope={slope!r}, "
             f"intercept={intercept!r}"
         )
     n, rows, columns = hu.shape
     if n == 0 or rows == 0 or columns == 0:
-        raise ValueError(f"hu must not be empty, got shape {hu.shape}")
+        raise OptionError(f"hu must not be empty, got shape {hu.shape}")
     if instance_numbers is None:
         instance_numbers = range(1, n + 1)
     instance_numbers = [int(i) for i in instance_numbers]
     if len(instance_numbers) != n:
-        raise ValueError(
+        raise OptionError(
             f"instance_numbers must have one value per slice ({n}), got {len(instance_numbers)}"
         )
 
@@ -453,10 +455,10 @@ def write_dicom_series(
     kind = "signed" if pixel_representation else "unsigned"
     stored_f = np.round((hu.astype(np.float64) - intercept) / slope)
     if not np.isfinite(stored_f).all():
-        raise ValueError("hu contains NaN or infinite values")
+        raise OptionError("hu contains NaN or infinite values")
     smin, smax = float(stored_f.min()), float(stored_f.max())
     if smin < lo or smax > hi:
-        raise ValueError(
+        raise OptionError(
             f"stored values (hu - intercept) / slope span [{smin:.0f}, {smax:.0f}] with "
             f"slope={slope}, intercept={intercept}, but {kind} pixels with "
             f"bits_stored={bits_stored} hold [{lo}, {hi}]. Change intercept or slope, "
@@ -464,7 +466,7 @@ def write_dicom_series(
             f"or clip hu to [{intercept + slope * lo}, {intercept + slope * hi}] HU."
         )
     if padding_value is not None and not lo <= padding_value <= hi:
-        raise ValueError(
+        raise OptionError(
             f"padding_value {padding_value} does not fit {kind} pixels with "
             f"bits_stored={bits_stored} ([{lo}, {hi}])"
         )
@@ -491,7 +493,7 @@ def write_dicom_series(
     paths = [directory / name for name in names]
     existing = [str(p) for p in paths if p.exists()]
     if existing:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{len(existing)} file(s) already exist, e.g. {existing[0]}; write into an "
             f"empty directory or pass another seed/series_number"
         )
@@ -630,7 +632,7 @@ def _pixel_data_offset(path: pathlib.Path) -> int:
         f.seek(offset)
         tag = f.read(4)
     if tag != b"\xe0\x7f\x10\x00":  # (7FE0,0010), little endian
-        raise ValueError(f"{path} has no Pixel Data element to truncate")
+        raise OptionError(f"{path} has no Pixel Data element to truncate")
     return offset
 
 
@@ -660,7 +662,7 @@ def truncate_file(path: PathLike, keep_fraction: float = 0.5) -> pathlib.Path:
         If ``keep_fraction`` is outside ``[0, 1)`` or the file has no pixel data.
     """
     if not 0.0 <= keep_fraction < 1.0:
-        raise ValueError(f"keep_fraction must be in [0, 1), got {keep_fraction!r}")
+        raise OptionError(f"keep_fraction must be in [0, 1), got {keep_fraction!r}")
     path = pathlib.Path(path)
     offset = _pixel_data_offset(path)
     size = path.stat().st_size

@@ -81,7 +81,7 @@ def test_quiet_on_a_local_cluster_prints_only_the_summary(sample_dir: pathlib.Pa
 KILLER = textwrap.dedent("""
     import sys, time, pathlib
     import dask
-    import ctvol.io.store as st
+    import ctvol._ingest_write as st
 
     original = st.write_slices
     def write_then_hang(store, key, z0, *args, **kwargs):

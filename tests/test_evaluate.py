@@ -14,7 +14,7 @@ from scipy import stats
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 import ctvol
-from ctvol._evaluate import paired_t
+from ctvol.evaluation import paired_t
 from ctvol.intensity import to_unit
 from ctvol.testing import head_phantom, tiny_model
 
@@ -28,7 +28,7 @@ def _volume(n: int = 13, dz: float = 1.0, shape: tuple[int, int] = (24, 20), chu
     ).chunk({"z": chunks})
 
 
-def _rows(rep: ctvol._evaluate.EvaluationReport, **sel: object) -> object:
+def _rows(rep: ctvol.evaluation.EvaluationReport, **sel: object) -> object:
     t = rep.table
     for k, v in sel.items():
         t = t[t[k] == v]
@@ -208,7 +208,8 @@ def test_series_are_evaluated_in_windows_with_the_same_numbers(
     """Windows of at most SERIES_WINDOW series, each built only when at most one
     other is in flight; the report is bit-identical to a single window's."""
     import ctvol._compute
-    import ctvol._report
+    import ctvol.evaluation._evaluate
+    import ctvol.evaluation._report
 
     store = str(tmp_path / "c.zarr")
     for i, n in enumerate((13, 10, 3, 12, 11)):  # 1.2.2 is too short: skipped in its window
@@ -216,7 +217,7 @@ def test_series_are_evaluated_in_windows_with_the_same_numbers(
     one = ctvol.evaluate(store, [3, 4], methods="linear", strides=(1, 2))
 
     events: list[tuple[str, object]] = []
-    build, bounded = ctvol._report.window_results, ctvol._compute.compute_bounded
+    build, bounded = ctvol.evaluation._report.window_results, ctvol._compute.compute_bounded
 
     def window_results(cases: list, methods: object) -> object:
         events.append(("built", sorted({c.key for c in cases})))
@@ -227,8 +228,8 @@ def test_series_are_evaluated_in_windows_with_the_same_numbers(
             events.append(("done", i))
             yield i, result
 
-    monkeypatch.setattr(ctvol._evaluate, "SERIES_WINDOW", 2)
-    monkeypatch.setattr(ctvol._report, "window_results", window_results)
+    monkeypatch.setattr(ctvol.evaluation._evaluate, "SERIES_WINDOW", 2)
+    monkeypatch.setattr(ctvol.evaluation._report, "window_results", window_results)
     monkeypatch.setattr(ctvol._compute, "compute_bounded", compute_bounded)
     rep = ctvol.evaluate(store, [3, 4], methods="linear", strides=(1, 2))
     assert [e[1] for e in events if e[0] == "built"] == [["1.2.0", "1.2.1"],
@@ -392,13 +393,13 @@ def test_the_demo_sample_is_held_out_from_every_bundled_model(sample_store: str)
     ([], "the 2 generated slices with the lowest PSNR"),
 ])
 def test_worst_figure_is_titled_for_what_it_shows(gains: list[float], title: str) -> None:
-    from ctvol._figures import worst_title
+    from ctvol.evaluation._figures import worst_title
 
     assert title in worst_title(2, "unet", gains)
 
 
 def test_difference_histograms_have_whole_tick_labels(tmp_path: pathlib.Path) -> None:
-    from ctvol._figures import differences
+    from ctvol.evaluation._figures import differences
 
     rep = ctvol.evaluate(_volume(n=13, shape=(32, 32)), 3, model={3: tiny_model(3)})
     axes = differences(rep, 3, 1, tmp_path / "d.png").axes

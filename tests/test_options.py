@@ -41,8 +41,8 @@ def test_schema_defaults_and_names_are_the_verbs(stage: str) -> None:
 
 
 def test_method_choices_are_the_verbs() -> None:
-    from ctvol._evaluate import METHODS as EVAL_METHODS
     from ctvol._reslice import METHODS
+    from ctvol.evaluation import METHODS as EVAL_METHODS
 
     table = {o.name: o for o in _options.OPTIONS["reslice"]}
     assert set(table["method"].choices or ()) == set(METHODS)

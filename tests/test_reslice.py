@@ -411,7 +411,7 @@ def test_in_memory_model_graph_key_is_its_digest() -> None:
 def _torch_threads_in_worker() -> tuple[int, int]:
     import torch
 
-    from ctvol.inference import _configure_torch_threads
+    from ctvol.models._runtime import _configure_torch_threads
 
     _configure_torch_threads()
     return torch.get_num_threads(), os.cpu_count() or 1

@@ -164,16 +164,16 @@ def test_relative_paths_are_relative_to_the_config(cohort_dir: pathlib.Path,
 
 KILLER = textwrap.dedent("""
     import pathlib, sys, time
-    import ctvol.io.store as st
+    import ctvol.io._write as st
 
-    original = st._write_block
+    original = st.write_block
     def write_then_hang(block, *, path, block_info=None, **kwargs):
         result = original(block, path=path, block_info=block_info, **kwargs)
         if sys.argv[3] in path:          # the second series: one shard written, then hang
             pathlib.Path(sys.argv[2]).touch()
             time.sleep(600)
         return result
-    st._write_block = write_then_hang
+    st.write_block = write_then_hang
 
     import ctvol
     ctvol.run(sys.argv[1], progress=False)

@@ -11,11 +11,10 @@ from scipy import ndimage
 
 import ctvol
 from ctvol import _predictor as predictors
-from ctvol import inference
 from ctvol._refine_block import _fuse
 from ctvol.errors import GeometryError, PredictError
 from ctvol.intensity import to_unit
-from ctvol.models import SegmentModel, load_segmenter, save_segmenter, seg_net
+from ctvol.models import SegmentModel, _runtime, load_segmenter, save_segmenter, seg_net
 from ctvol.testing import head_phantom, raise_if_dask_computes
 
 
@@ -275,7 +274,7 @@ def test_segmenter_checkpoint_loaded_once_per_process(tmp_path: pathlib.Path,
         return real(path)
 
     monkeypatch.setattr(predictors, "load_segment", counting)
-    monkeypatch.setattr(inference, "_CACHE", {})
+    monkeypatch.setattr(_runtime, "_CACHE", {})
     ds = _volume(chunks=2)
     by_path = ctvol.shift_interleave(ds, str(tmp_path / "seg"), 3).values
     again = ctvol.shift_interleave(ds, tmp_path / "seg", 3).values
@@ -453,7 +452,7 @@ def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path,
     from distributed import get_task_stream
 
     from ctvol._compute import compute
-    from ctvol.io._group import write_group
+    from ctvol.io._write import write_group
 
     save_segmenter(tiny_segmenter(), tmp_path / "seg")
     ds = _volume(n=9, chunks=2)
@@ -552,7 +551,7 @@ def test_slice_model_as_predictor(tmp_path: pathlib.Path,
     loads: list[str] = []
     real = predictors.load_slice
     monkeypatch.setattr(predictors, "load_slice", lambda p: loads.append(p) or real(p))
-    monkeypatch.setattr(inference, "_CACHE", {})
+    monkeypatch.setattr(_runtime, "_CACHE", {})
     np.testing.assert_allclose(ctvol.shift_interleave(ds, tmp_path / "cls", 4).values, probs,
                                atol=1e-6)
     ctvol.shift_interleave(ds, str(tmp_path / "cls"), 2).values  # noqa: B018

@@ -14,12 +14,12 @@
 See ``docs/curation.md``.
 """
 
+from ..models._slice import SliceModel, load_slice_model, save_slice_model, slice_net
+from ..training._partition import partition_of
 from ._blank import body_fraction
 from ._classify import BLANK_CLASSES, PAPER_CLASSES, classify_slices
 from ._curate import curate, find_gaps
 from ._localizer import LANDMARKS, landmark_locations, localize, match_slices
-from ._net import SliceModel, load_slice_model, save_slice_model, slice_net
-from ._split import partition_of
 from ._store import curate_store
 from ._train import read_slice_labels, train_classifier, train_localizer
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import VolumeError
+
 __all__ = [
     "FOV_HU",
     "GRID_MM",
@@ -95,7 +97,7 @@ def body_fraction(
 
     hu = np.asarray(hu)
     if hu.ndim != 3:
-        raise ValueError(f"hu must be (n, H, W), got shape {hu.shape}")
+        raise VolumeError(f"hu must be (n, H, W), got shape {hu.shape}")
     fy, fx = (_grid_factor(float(p), grid_mm) for p in pixel_mm)
     # Anisotropic distances in mm on the reduced grid.
     sampling = (float(pixel_mm[0]) * fy, float(pixel_mm[1]) * fx)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._volume import axis_spacing, check_volume
+from ..errors import OptionError
 from . import _blank
 
 if TYPE_CHECKING:
@@ -27,23 +29,10 @@ PAPER_CLASSES = ("blank", "head", "orbital", "maxilla", "mandible", "neck")
 BLANK_CLASSES = ("blank", "body")
 
 
-def _check_volume(ds: xr.Dataset) -> None:
-    if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
-        raise ValueError("ds must hold 'hu' with dims ('z', 'y', 'x') (docs/storage.md)")
-    if ds.sizes["z"] < 1:
-        raise ValueError("ds has no slices")
-
-
 def pixel_mm(ds: xr.Dataset) -> tuple[float, float]:
-    """(dy, dx) in mm: from attrs["spacing"], else from the y/x coordinates, else 1 mm."""
-    spacing = ds.attrs.get("spacing")
-    if spacing is not None and len(spacing) == 3 and all(np.isfinite(spacing[1:])):
-        return float(spacing[1]), float(spacing[2])
-    out = []
-    for c in ("y", "x"):
-        v = np.asarray(ds[c].values, dtype=np.float64) if c in ds.coords else np.empty(0)
-        out.append(float(abs(np.median(np.diff(v)))) if v.size > 1 else 1.0)
-    return out[0], out[1]
+    """(dy, dx) in mm: from the y/x coordinates, else attrs["spacing"], else 1 mm."""
+    out = [abs(axis_spacing(ds, c)) for c in ("y", "x")]
+    return tuple(float(s) if np.isfinite(s) else 1.0 for s in out)  # type: ignore[return-value]
 
 
 def _rule_block(block: np.ndarray, *, pixel: tuple[float, float], params: dict[str, float],
@@ -54,8 +43,8 @@ def _rule_block(block: np.ndarray, *, pixel: tuple[float, float], params: dict[s
     return np.stack([~body, body, frac], axis=1).astype(np.float32)
 
 
-def _model_block(block: np.ndarray, model: Any, *, device: str, batch_size: int) -> np.ndarray:
-    from ._net import cached
+def model_block(block: np.ndarray, model: Any, *, device: str, batch_size: int) -> np.ndarray:
+    from ..models._slice import cached
 
     return cached(model, device).predict(block, batch_size=batch_size)
 
@@ -78,7 +67,7 @@ def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,
     if model is not None:
         # Checkpoints travel as their path (loaded once per worker process); an
         # in-memory model as one shared graph key.
-        from ..inference import graph_model
+        from ..models._runtime import graph_model
 
         args += [model if isinstance(model, str) else graph_model(model, "slice"), None]
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
@@ -162,16 +151,16 @@ def classify_slices(
     >>> labels.attrs["classes"], labels.values.tolist()
     (['blank', 'body'], [0, 1, 1])
     """
-    from .._reslice import _cluster_has_gpu
+    from .._compute import cluster_has_gpu
 
-    _check_volume(ds)
+    check_volume(ds, min_slices=1)
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     if model is None:
         if not 0 <= min_fraction <= 1:
-            raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction!r}")
+            raise OptionError(f"min_fraction must be in [0, 1], got {min_fraction!r}")
         if min_thickness_mm < 0:
-            raise ValueError(f"min_thickness_mm must be >= 0, got {min_thickness_mm!r}")
+            raise OptionError(f"min_thickness_mm must be >= 0, got {min_thickness_mm!r}")
         pixel = pixel_mm(ds)
         params = {"tissue_hu": float(tissue_hu), "min_thickness_mm": float(min_thickness_mm)}
         out = slice_map(ds, _rule_block, 3, token="ctvol-blank-rule", pixel=pixel,
@@ -181,14 +170,14 @@ def classify_slices(
         return _labels_array(ds, out[:, :2], list(BLANK_CLASSES), method,
                              {"body_fraction": ("z", out[:, 2])})
 
-    from ..inference import resolve_device
-    from ._net import resolve
+    from ..models._runtime import resolve_device
+    from ..models._slice import resolve
 
     loaded = resolve(model, "classify")
     dev = resolve_device(device)
     source = loaded.path or loaded
-    probs = slice_map(ds, _model_block, loaded.outputs, model=source,
-                      gpu=_cluster_has_gpu(), token="ctvol-classify", device=dev,
+    probs = slice_map(ds, model_block, loaded.outputs, model=source,
+                      gpu=cluster_has_gpu(), token="ctvol-classify", device=dev,
                       batch_size=int(batch_size))
     return _labels_array(ds, probs, loaded.classes,
                          f"model({loaded.path or loaded.digest[:12]})")

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import CurationError, GeometryError
+from .._volume import axis_spacing
+from ..errors import CurationError, GeometryError, OptionError, VolumeError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -28,11 +29,7 @@ _ATOL_MM, _RTOL = 0.005, 0.01
 
 
 def _dz(ds: xr.Dataset) -> float:
-    z = np.asarray(ds["z"].values, dtype=np.float64)
-    if z.size > 1:
-        return float(np.median(np.diff(z)))
-    sp = ds.attrs.get("spacing")
-    return float(sp[0]) if sp else float("nan")
+    return axis_spacing(ds, "z")
 
 
 def _close(a: float, b: float) -> bool:
@@ -227,21 +224,22 @@ def curate(
     """
     import xarray as xr
 
-    from .. import __version__
     from .._compute import compute
-    from ._classify import _check_volume, classify_slices
+    from .._version import __version__
+    from .._volume import check_volume, derive_attrs
+    from ._classify import classify_slices
 
     if fill_gaps not in FILL_METHODS:
-        raise ValueError(f"fill_gaps must be one of {list(FILL_METHODS)}, got {fill_gaps!r}")
+        raise OptionError(f"fill_gaps must be one of {list(FILL_METHODS)}, got {fill_gaps!r}")
     if isinstance(min_slices, bool) or not isinstance(min_slices, int) or min_slices < 1:
-        raise ValueError(f"min_slices must be a positive integer, got {min_slices!r}")
+        raise OptionError(f"min_slices must be a positive integer, got {min_slices!r}")
     if isinstance(blank, str):
         blank = (blank,)
     runs = [ds] if isinstance(ds, xr.Dataset) else list(ds)
     if not runs:
-        raise ValueError("curate needs a Dataset or a non-empty sequence of runs")
+        raise OptionError("curate needs a Dataset or a non-empty sequence of runs")
     for r in runs:
-        _check_volume(r)
+        check_volume(r, min_slices=1)
     name = runs[0].attrs.get("series_uid", "the series")
     uids = {r.attrs.get("series_uid") for r in runs}
     if len(uids) > 1:
@@ -257,7 +255,7 @@ def curate(
         raise GeometryError(f"{name} has {total} slice: curation keeps contiguous runs of at "
                             "least 2 slices; a single slice is not a volume")
     if labels is not None and len(runs) > 1:
-        raise ValueError("labels= applies to a single volume; for several runs let curate "
+        raise OptionError("labels= applies to a single volume; for several runs let curate "
                          "classify them (or store labels with `ctvol curate`)")
 
     gaps = find_gaps(runs)
@@ -269,13 +267,13 @@ def curate(
             lab = classify_slices(seg, model, **classify_kwargs)
         if lab.sizes.get("z") != seg.sizes["z"] or (
                 "z" in lab.coords and not np.allclose(lab["z"].values, seg["z"].values)):
-            raise ValueError(f"labels do not match the volume: {lab.sizes.get('z')} labels for "
+            raise VolumeError(f"labels do not match the volume: {lab.sizes.get('z')} labels for "
                              f"{seg.sizes['z']} slices (or other z); classify this volume")
         labs.append(lab)
     classes = list(labs[0].attrs.get("classes", []))
     codes_blank = [classes.index(c) for c in blank if c in classes]
     if not codes_blank:
-        raise ValueError(f"blank={list(blank)} names no class of the labels ({classes}); "
+        raise OptionError(f"blank={list(blank)} names no class of the labels ({classes}); "
                          "pass the name(s) of the blank class(es)")
     extra = [lab["body_fraction"] for lab in labs if "body_fraction" in lab.coords]
     # The one compute: per-slice labels (and fractions), never the pixels.
@@ -329,8 +327,7 @@ def curate(
     for i, start, stop in kept:
         seg = segments[i].isel(z=slice(start, stop))
         z = seg["z"].values
-        attrs = {a: v for a, v in runs[0].attrs.items() if a not in ("complete", "sop_digest")}
-        attrs["ctvol_history"] = [*list(runs[0].attrs.get("ctvol_history", [])), desc]
+        attrs = derive_attrs(runs[0].attrs, desc)
         n_gen = int(seg["generated"].values.sum()) if "generated" in seg.coords else 0
         attrs["curation"] = {
             "kept": {"z0": float(z[0]), "z1": float(z[-1]), "n": int(z.size),

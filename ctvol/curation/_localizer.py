@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import LabelError
+from ..errors import LabelError, OptionError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -158,19 +158,20 @@ def localize(ds: xr.Dataset, model: Any, *, batch_size: int = 64,
     """
     import xarray as xr
 
-    from .._reslice import _cluster_has_gpu
-    from ..inference import resolve_device
-    from ._classify import _check_volume, _model_block, slice_map
-    from ._net import resolve
+    from .._compute import cluster_has_gpu
+    from .._volume import check_volume
+    from ..models._runtime import resolve_device
+    from ..models._slice import resolve
+    from ._classify import model_block, slice_map
 
-    _check_volume(ds)
+    check_volume(ds, min_slices=1)
     if model is None:
-        raise ValueError("localize needs model= (a trained localizer checkpoint or SliceModel); "
+        raise OptionError("localize needs model= (a trained localizer checkpoint or SliceModel); "
                          "none is bundled: train one with ctvol.curation.train_localizer")
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     loaded = resolve(model, "localize")
-    out = slice_map(ds, _model_block, 1, model=loaded.path or loaded, gpu=_cluster_has_gpu(),
+    out = slice_map(ds, model_block, 1, model=loaded.path or loaded, gpu=cluster_has_gpu(),
                     token="ctvol-localize", device=resolve_device(device),
                     batch_size=int(batch_size))
     return xr.DataArray(out[:, 0], dims=("z",), coords={"z": ds["z"]}, name="location",
@@ -226,7 +227,7 @@ def match_slices(ds_a: xr.Dataset, ds_b: xr.Dataset, model: Any, *, tolerance: f
     from .._compute import compute
 
     if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+        raise OptionError(f"tolerance must be >= 0, got {tolerance!r}")
     la = localize(ds_a, model, batch_size=batch_size, device=device)
     lb = localize(ds_b, model, batch_size=batch_size, device=device)
     va, vb = compute([la.data, lb.data])

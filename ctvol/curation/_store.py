@@ -59,12 +59,13 @@ def curate_store(
     from .._compute import compute
     from .._options import check
     from ..errors import CurationError
-    from ..io.store import SHARD_SLICES, _url, list_series, open_series
+    from ..io._layout import store_url
+    from ..io.store import SHARD_SLICES, list_series, open_series
     from ._classify import classify_slices
     from ._curate import curate
 
     check("curate", {**classify_kwargs, "model": None})  # unknown keywords name the options
-    url = _url(store)
+    url = store_url(store)
     keys = list(keys) if keys else list_series(url, storage_options=storage_options)
     dss = {k: open_series(url, k, storage_options=storage_options) for k in keys}
     lazy = [classify_slices(ds.drop_vars("label", errors="ignore"), model, **classify_kwargs)

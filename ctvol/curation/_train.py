@@ -4,7 +4,7 @@ Both reuse the project's training machinery: slices are read one at a time
 straight from Zarr (never whole volumes), the paper's augmentation
 (:func:`ctvol.training.random_affine`: rotation, shift, zoom, flip) runs
 batch-wise in torch, Adam optimises, and the checkpoint is the project's
-format (safetensors + JSON, :mod:`ctvol.curation._net`). Series are assigned
+format (safetensors + JSON, :mod:`ctvol.models._slice`). Series are assigned
 to train / validation / test by :func:`ctvol.curation.partition_of`.
 
 Output folder::
@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LabelError
+from .._deps import require
+from ..errors import LabelError, OptionError
 from ..io._handles import HuHandles
 
 __all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
@@ -41,10 +42,11 @@ class Item:
 
 
 def _series_index(store: str, storage_options: Any) -> tuple[dict[str, dict[str, Any]], Any]:
-    from ..io.store import _series_attrs, open_store
+    from ..io._layout import series_attrs
+    from ..io.store import open_store
 
     root = open_store(store, storage_options=storage_options)
-    return _series_attrs(root), root
+    return series_attrs(root), root
 
 
 def _keys_for(name: str, series: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -83,7 +85,7 @@ def read_slice_labels(
     """
     import pandas as pd
 
-    from ..io.store import _url
+    from ..io._layout import store_url
 
     df = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(
         labels, dtype={"series": str, "sop_uid": str, "label": str})
@@ -100,7 +102,7 @@ def read_slice_labels(
     if unknown_labels:
         raise LabelError(f"labels {unknown_labels} are not in classes {classes}; add them to "
                          "classes= or fix the table")
-    series, root = _series_index(_url(store), storage_options)
+    series, root = _series_index(store_url(store), storage_options)
     items: list[Item] = []
     bad: list[str] = []
     sops_of: dict[str, np.ndarray] = {}
@@ -155,7 +157,7 @@ class SliceItems:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        from ._net import prepare
+        from ..models._slice import prepare
 
         it = self.items[i]
         x = prepare(self._hu(it.key)[it.index : it.index + 1], self.size, self.window)[0]
@@ -164,7 +166,7 @@ class SliceItems:
 
 def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
                  parts: Sequence[str]) -> list[Item]:
-    from ._split import partition_of
+    from ..training._partition import partition_of
 
     return [it for it in items
             if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
@@ -178,15 +180,15 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
     import torch
     from torch.utils.data import DataLoader
 
-    from ..inference import resolve_device
     from ..intensity import HU_WINDOW
-    from ..io.store import _url
+    from ..io._layout import store_url
+    from ..models._runtime import resolve_device
+    from ..models._slice import SliceModel, save_slice_model, slice_net
     from ..training.augment import random_affine
-    from ._net import SliceModel, save_slice_model, slice_net
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    url = _url(store)
+        raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
+    url = store_url(store)
     series, _ = _series_index(url, storage_options)
     train_items = _split_items(items, series, train_on)
     val_items = _split_items(items, series, validate_on) if validate_on else []
@@ -266,7 +268,7 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
                                      "val_loss": vl, metric: score})
             model._digest = None
             save_slice_model(model, out_dir)
-    from ._net import load_slice_model
+    from ..models._slice import load_slice_model
 
     return load_slice_model(out_dir, task=task)
 
@@ -319,6 +321,7 @@ def train_classifier(
         The best checkpoint, loaded from ``out``; use it with
         :func:`ctvol.classify_slices`.
     """
+    require("torch", "ctvol.curation.train_classifier")
     items, classes = read_slice_labels(store, labels, classes=classes,
                                        storage_options=storage_options)
     return _fit(store, items, task="classify", classes=classes, out=out, epochs=epochs,
@@ -365,16 +368,18 @@ def train_localizer(
     SliceModel
         The best localizer; use it with :func:`ctvol.localize`.
     """
+    require("torch", "ctvol.curation.train_localizer")
     import json
 
-    from ..io.store import _url, open_series
+    from ..io._layout import store_url
+    from ..io.store import open_series
     from ._localizer import landmark_locations
 
     if isinstance(annotations, str | os.PathLike):
         annotations = json.loads(pathlib.Path(annotations).read_text())
     if not isinstance(annotations, Mapping) or not annotations:
         raise LabelError("annotations must map series -> {landmark: SOPInstanceUID}")
-    series, _ = _series_index(_url(store), storage_options)
+    series, _ = _series_index(store_url(store), storage_options)
     items: list[Item] = []
     for name, marks in annotations.items():
         keys = _keys_for(str(name), series)

@@ -9,6 +9,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import NoInputError
+
 __all__ = ["FILE_ID_PREFIX", "dangling_link", "file_id", "find_files", "is_local", "open_file",
            "split_protocol"]
 
@@ -93,7 +95,7 @@ def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             elif os.path.isfile(path) or os.path.islink(path):
                 found.add(path)  # a dangling link given by name gets a fate too
             else:
-                raise FileNotFoundError(
+                raise NoInputError(
                     f"input {item!r} does not exist; pass DICOM folders or files"
                 )
         else:
@@ -104,7 +106,7 @@ def find_files(inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             elif fs.isfile(root):
                 found.add(item)
             else:
-                raise FileNotFoundError(f"input {item!r} does not exist")
+                raise NoInputError(f"input {item!r} does not exist")
     return sorted(found)
 
 

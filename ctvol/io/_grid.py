@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import GeometryError
+from .._version import __version__
+from ..errors import GeometryError, VolumeError
 from ..geometry import SPACING_ATOL_MM, SPACING_RTOL, slice_normal
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def series_name(ds: xr.Dataset) -> str:
 def check_volume(ds: xr.Dataset) -> None:
     """Refuse anything that is not ``hu`` on (z, y, x) (docs/storage.md)."""
     if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
-        raise ValueError(f"series {series_name(ds)}: ds must hold 'hu' with dims "
+        raise VolumeError(f"series {series_name(ds)}: ds must hold 'hu' with dims "
                          "('z', 'y', 'x') (docs/storage.md); open it with ctvol.open_series")
 
 
@@ -246,7 +247,7 @@ def provenance(ds: xr.Dataset) -> dict[str, Any]:
     dz, dy, dx = spacing(ds)
     out["SpacingBetweenSlices"] = dz
     info: dict[str, Any] = {
-        "version": _version(),
+        "version": __version__,
         "spacing_mm": [dz, dy, dx],
         "tilt_deg": float(a.get("tilt_deg") or 0.0),
         "history": list(a.get("ctvol_history", [])),
@@ -268,9 +269,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -60,7 +60,7 @@ def _source_header(header: Any) -> Any:
 
 def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
     """Per slice: DerivationDescription, ImageComments, source SOPInstanceUIDs."""
-    from .. import __version__
+    from .._version import __version__
 
     n = ds.sizes["z"]
     a = ds.attrs
@@ -188,7 +188,7 @@ def to_dicom(
     from pydicom.sequence import Sequence
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
-    from .. import __version__
+    from .._version import __version__
     from ..errors import HounsfieldRangeError
 
     _grid.check_volume(ds)

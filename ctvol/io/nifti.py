@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._version import __version__
+from ..errors import MissingDependencyError
 from . import _grid
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ def _nibabel() -> Any:
     try:
         import nibabel
     except ImportError as exc:  # an optional extra
-        raise ImportError(
+        raise MissingDependencyError(
             "NIfTI export needs nibabel: pip install 'ctvol[nifti]' (or pip install nibabel)"
         ) from exc
     return nibabel
@@ -63,7 +65,7 @@ def nifti_header(ds: xr.Dataset) -> Any:
     hdr.set_slope_inter(1.0, 0.0)
     hdr.set_dim_info(slice=2)
     hdr.set_data_offset(VOX_OFFSET)
-    hdr["descrip"] = f"ctvol {_grid._version()} HU"[:79].encode()
+    hdr["descrip"] = f"ctvol {__version__} HU"[:79].encode()
     return hdr
 
 

@@ -13,7 +13,6 @@ name (:func:`bundled_models`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -21,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import require
+from ..errors import ModelError, ModelNotFoundError
 from ..intensity import HU_WINDOW
+from ._base import TorchModel
 
 __all__ = ["ResliceModel", "bundled_models", "load_model", "save_model"]
 
@@ -29,16 +31,7 @@ FORMAT = "ctvol-reslice-model"
 BUNDLED = pathlib.Path(__file__).with_name("bundled")
 
 
-def weights_digest(config: dict[str, Any], net: Any) -> str:
-    """SHA-256 of a model's config (sorted JSON) and weights (by parameter name)."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name, t in sorted(net.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class ResliceModel:
+class ResliceModel(TorchModel):
     """A trained inter-slice network with its config (a stateful object).
 
     Parameters
@@ -53,12 +46,8 @@ class ResliceModel:
 
     def __init__(self, net: Any, *, window: tuple[float, float] = HU_WINDOW,
                  provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
-        self.net = net.eval()
+        super().__init__(net, provenance=provenance, path=path)
         self.window = (float(window[0]), float(window[1]))
-        self.provenance = dict(provenance or {})
-        self.path = path
-        self._digest: str | None = None
-        self._device = "cpu"
 
     @property
     def factor(self) -> int:
@@ -70,20 +59,6 @@ class ResliceModel:
         return {"format": FORMAT, "version": 1, "architecture": dict(self.net.config),
                 "factor": self.factor, "window": list(self.window),
                 "provenance": self.provenance}
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the weights and config: identifies the model in caches and reports."""
-        if self._digest is None:
-            self._digest = weights_digest(self.config, self.net)
-        return self._digest
-
-    def to(self, device: str) -> ResliceModel:
-        import torch
-
-        self.net.to(torch.device(device), memory_format=torch.channels_last)
-        self._device = device
-        return self
 
     def predict(self, pairs: np.ndarray, *, batch_size: int = 16, amp: bool = False) -> np.ndarray:
         """Run pairs through the network in batches.
@@ -101,19 +76,10 @@ class ResliceModel:
         """
         import torch
 
-        device = torch.device(self._device)
         out = np.empty((pairs.shape[0], self.factor - 1, *pairs.shape[2:]), dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, pairs.shape[0], batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(pairs[s : s + batch_size]))
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                if amp and device.type == "cuda":
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.net(x)
-                else:
-                    y = self.net(x)
-                out[s : s + batch_size] = y.float().cpu().numpy()
-        return out
+        return self.run_batches(
+            pairs.shape[0], lambda s, e: torch.from_numpy(np.ascontiguousarray(pairs[s:e])),
+            lambda y: y, out, batch_size=batch_size, amp=amp)
 
     def __repr__(self) -> str:
         a = self.net.config
@@ -185,6 +151,7 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
     ValueError
         The folder is not a ctvol reslice checkpoint.
     """
+    require("torch", "a U-net model"), require("safetensors", "a U-net model")
     from .unet import UNet
 
     key = os.fspath(name_or_path)
@@ -192,7 +159,7 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
     found = read_checkpoint(folder)
     if found is None:
         names = ", ".join(f"{n} (x{f})" for n, f in bundled_models().items()) or "none yet"
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no reslice model {key!r}: not a bundled name and not a folder with config.json "
             f"and model.safetensors. Bundled models: {names}. Train one with `ctvol train`, "
             "or use method='linear'"
@@ -201,9 +168,28 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ResliceModel:
     if cfg.get("format") != FORMAT:
         hint = ("; it is an in-plane model: load it with ctvol.load_inplane_model"
                 if cfg.get("format") == "ctvol-inplane-model" else "")
-        raise ValueError(
+        raise ModelError(
             f"{cfg_path} is not a ctvol reslice model config (format {FORMAT!r}){hint}")
     net = UNet(**cfg["architecture"])
     net.load_state_dict(load_weights(cfg_path))
     return ResliceModel(net, window=tuple(cfg.get("window", HU_WINDOW)),  # type: ignore[arg-type]
                         provenance=cfg.get("provenance"), path=str(cfg_path.parent))
+
+
+def as_model(model: ResliceModel | str | os.PathLike[str]) -> ResliceModel:
+    """``model`` itself when it is a :class:`ResliceModel`, else :func:`load_model` of it."""
+    return model if isinstance(model, ResliceModel) else load_model(model)
+
+
+def bundled_name(k: int | None) -> str:
+    """The bundled model for factor k (k=None: any), or a FileNotFoundError listing them."""
+    bundled = bundled_models()
+    names = [n for n, f in bundled.items() if k is None or f == k]
+    if not names:
+        have = ", ".join(f"{n} (x{f})" for n, f in bundled.items()) or "none yet"
+        what = f"for factor {k}" if k is not None else "at all"
+        raise ModelNotFoundError(
+            f"no bundled U-net {what} (bundled models: {have}); pass model=PATH to a "
+            "checkpoint, train one with `ctvol train`, or use method='linear'"
+        )
+    return names[0]

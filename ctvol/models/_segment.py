@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import require
+from ..errors import ModelError, ModelNotFoundError, VolumeError
 from ..intensity import HU_WINDOW, to_unit
+from ._base import TorchModel
 
 __all__ = ["SegmentModel", "load_segmenter", "save_segmenter", "seg_net"]
 
@@ -42,7 +45,7 @@ def seg_net(*, depth: int = 2, base: int = 8) -> Any:
     return net
 
 
-class SegmentModel:
+class SegmentModel(TorchModel):
     """A trained per-slice segmenter: (n, H, W) HU -> (n, H, W) probabilities.
 
     Runs where :class:`ctvol.models.ResliceModel` runs: on the device it was
@@ -73,40 +76,14 @@ class SegmentModel:
     def __init__(self, net: Any, *, window: tuple[float, float] = HU_WINDOW,
                  provenance: dict[str, Any] | None = None, path: str | None = None,
                  batch_size: int = 8) -> None:
-        self.net = net.eval()
+        super().__init__(net, provenance=provenance, path=path)
         self.window = (float(window[0]), float(window[1]))
-        self.provenance = dict(provenance or {})
-        self.path = path
         self.batch_size = int(batch_size)
-        self._digest: str | None = None
-        self._device = "cpu"
 
     @property
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": 1, "architecture": dict(self.net.config),
                 "window": list(self.window), "provenance": self.provenance}
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of config and weights: identifies the model in caches and reports."""
-        if self._digest is None:
-            from ._checkpoint import weights_digest
-
-            self._digest = weights_digest(self.config, self.net)
-        return self._digest
-
-    @property
-    def device(self) -> str:
-        """Where the network's weights live (``"cpu"``, ``"cuda"``, ``"cuda:1"``...)."""
-        return self._device
-
-    def to(self, device: str) -> SegmentModel:
-        """Move the network to ``device`` (channels-last), in place; returns self."""
-        import torch
-
-        self.net.to(torch.device(device), memory_format=torch.channels_last)
-        self._device = device
-        return self
 
     def predict(self, block: np.ndarray, *, batch_size: int | None = None,
                 amp: bool = False) -> np.ndarray:
@@ -128,25 +105,13 @@ class SegmentModel:
         import torch
 
         if block.ndim != 3:
-            raise ValueError(f"SegmentModel takes (n, H, W) blocks, got shape {block.shape}")
-        step = int(batch_size or self.batch_size)
-        device = torch.device(self._device)
-        cuda = device.type == "cuda"
+            raise VolumeError(f"SegmentModel takes (n, H, W) blocks, got shape {block.shape}")
         x = to_unit(np.asarray(block), self.window).astype(np.float32, copy=False)
         out = np.empty(block.shape, dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, x.shape[0], step):
-                t = torch.from_numpy(np.ascontiguousarray(x[s : s + step, None]))
-                if cuda:  # page-locked host memory: the copy overlaps with compute
-                    t = t.pin_memory()
-                t = t.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-                if amp and cuda:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        logits = self.net(t)
-                else:
-                    logits = self.net(t)
-                out[s : s + step] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-        return out
+        return self.run_batches(
+            x.shape[0], lambda s, e: torch.from_numpy(np.ascontiguousarray(x[s:e, None])),
+            lambda logits: torch.sigmoid(logits)[:, 0], out,
+            batch_size=int(batch_size or self.batch_size), amp=amp)
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """``predict(block)``: the model is itself a block predictor."""
@@ -174,17 +139,18 @@ def load_segmenter(path: str | os.PathLike[str]) -> SegmentModel:
     ValueError
         The folder holds another kind of checkpoint.
     """
+    require("torch", "a segmenter"), require("safetensors", "a segmenter")
     from ._checkpoint import load_weights, read_checkpoint
 
     found = read_checkpoint(pathlib.Path(path))
     if found is None:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no segmenter checkpoint at {os.fspath(path)!r}: expected a folder with "
             "config.json and model.safetensors (written by ctvol.models.save_segmenter)"
         )
     cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a ctvol segmenter config (format {FORMAT!r}, "
+        raise ModelError(f"{cfg_path} is not a ctvol segmenter config (format {FORMAT!r}, "
                          f"got {cfg.get('format')!r})")
     net = seg_net(**cfg["architecture"])
     net.load_state_dict(load_weights(cfg_path))

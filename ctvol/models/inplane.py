@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import require
+from ..errors import ModelError, ModelNotFoundError, OptionError
 from ..intensity import HU_WINDOW
+from ._base import TorchModel
 
 __all__ = [
     "FORMAT",
@@ -49,18 +52,18 @@ def check_normalisation(norm: Any) -> dict[str, Any]:
     if isinstance(norm, str):
         norm = {"kind": norm}
     if not isinstance(norm, dict) or norm.get("kind") not in NORMS:
-        raise ValueError(f"normalisation must be one of {list(NORMS)} (or a dict with "
+        raise OptionError(f"normalisation must be one of {list(NORMS)} (or a dict with "
                          f"'kind'), got {norm!r}")
     out: dict[str, Any] = {"kind": norm["kind"]}
     if norm["kind"] == "window":
         lo, hi = (float(v) for v in norm.get("window", HU_WINDOW))
         if not hi > lo:
-            raise ValueError(f"window must be (low, high) with high > low, got {(lo, hi)}")
+            raise OptionError(f"window must be (low, high) with high > low, got {(lo, hi)}")
         out["window"] = [lo, hi]
     return out
 
 
-class InplaneModel:
+class InplaneModel(TorchModel):
     """A trained in-plane super-resolution network with its config.
 
     Parameters
@@ -78,14 +81,10 @@ class InplaneModel:
     def __init__(self, net: Any, *, normalisation: Any = "window", loss: str = "l1",
                  provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        self.net = net.eval()
+            raise OptionError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        super().__init__(net, provenance=provenance, path=path)
         self.normalisation = check_normalisation(normalisation)
         self.loss = loss
-        self.provenance = dict(provenance or {})
-        self.path = path
-        self._digest: str | None = None
-        self._device = "cpu"
 
     @property
     def factor(self) -> int:
@@ -102,39 +101,14 @@ class InplaneModel:
                 "factor": self.factor, "normalisation": dict(self.normalisation),
                 "loss": self.loss, "provenance": self.provenance}
 
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the weights and config (cache key across worker processes)."""
-        if self._digest is None:
-            from ._checkpoint import weights_digest
-
-            self._digest = weights_digest(self.config, self.net)
-        return self._digest
-
-    def to(self, device: str) -> InplaneModel:
-        import torch
-
-        self.net.to(torch.device(device), memory_format=torch.channels_last)
-        self._device = device
-        return self
-
     def predict(self, x: np.ndarray, *, batch_size: int = 8, amp: bool = False) -> np.ndarray:
         """(n, H, W) float32 bilinear slices in [0, 1] → (n, H, W) float32 in [0, 1]."""
         import torch
 
-        device = torch.device(self._device)
         out = np.empty(x.shape, dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, x.shape[0], batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size, None]))
-                t = t.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                if amp and device.type == "cuda":
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.net(t)
-                else:
-                    y = self.net(t)
-                out[s : s + batch_size] = y[:, 0].float().cpu().numpy()
-        return out
+        return self.run_batches(
+            x.shape[0], lambda s, e: torch.from_numpy(np.ascontiguousarray(x[s:e, None])),
+            lambda y: y[:, 0], out, batch_size=batch_size, amp=amp)
 
     def __repr__(self) -> str:
         a = self.net.config
@@ -167,6 +141,7 @@ def load_inplane_model(name_or_path: str | os.PathLike[str]) -> InplaneModel:
     ValueError
         The folder holds another kind of checkpoint (e.g. a reslice model).
     """
+    require("torch", "an in-plane U-net"), require("safetensors", "an in-plane U-net")
     from ._checkpoint import load_weights, read_checkpoint
 
     key = os.fspath(name_or_path)
@@ -174,14 +149,14 @@ def load_inplane_model(name_or_path: str | os.PathLike[str]) -> InplaneModel:
     found = read_checkpoint(folder)
     if found is None:
         names = ", ".join(f"{n} (x{f})" for n, f in bundled_inplane_models().items())
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no in-plane model {key!r}: not a bundled name and not a folder with config.json "
             f"and model.safetensors. Bundled in-plane models: {names or 'none'}. Train one "
             "with ctvol.train_inplane, or use method='bilinear'"
         )
     cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a ctvol in-plane model config (format "
+        raise ModelError(f"{cfg_path} is not a ctvol in-plane model config (format "
                          f"{cfg.get('format')!r}, expected {FORMAT!r})")
     from .inplane_unet import InplaneUNet
 

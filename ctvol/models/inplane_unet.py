@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from .unet import _Generator
+from .unet import ImageGenerator
 
 __all__ = ["InplaneUNet"]
 
 
-class InplaneUNet(_Generator):
+class InplaneUNet(ImageGenerator):
     """(n, 1, H, W) bilinear slices in [0, 1] -> (n, 1, H, W) slices in [0, 1].
 
     Parameters

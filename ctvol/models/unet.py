@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
+
 __all__ = ["UNet", "UNetCore", "linear_between"]
 
 
@@ -53,7 +55,7 @@ class UNetCore(nn.Module):
                  norm: str = "batch") -> None:
         super().__init__()
         if norm not in ("batch", "instance", "none"):
-            raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
+            raise OptionError(f"norm must be 'batch', 'instance' or 'none', got {norm!r}")
         self.depth = int(depth)
         self.config: dict[str, Any] = {"depth": int(depth), "base": int(base), "norm": norm}
         chans = [base * 2**i for i in range(depth + 1)]
@@ -102,7 +104,7 @@ class UNetCore(nn.Module):
         return self.features(x)
 
 
-class _Generator(UNetCore):
+class ImageGenerator(UNetCore):
     """A core whose output is an image in [0, 1]: ``"sigmoid"`` maps the head's
     output straight there; ``"residual"`` adds it to :meth:`baseline` and clips
     (the head starts at zero, so an untrained network is its baseline)."""
@@ -110,7 +112,7 @@ class _Generator(UNetCore):
     def __init__(self, cin: int, cout: int, factor: int, depth: int, base: int, norm: str,
                  output: str) -> None:
         if output not in ("sigmoid", "residual"):
-            raise ValueError(f"output must be 'sigmoid' or 'residual', got {output!r}")
+            raise OptionError(f"output must be 'sigmoid' or 'residual', got {output!r}")
         super().__init__(cin, cout, depth, base, norm)
         self.config = {"factor": int(factor), "depth": int(depth), "base": int(base),
                        "norm": norm, "output": output}
@@ -128,7 +130,7 @@ class _Generator(UNetCore):
         return (self.baseline(x) + y).clamp(0.0, 1.0)
 
 
-class UNet(_Generator):
+class UNet(ImageGenerator):
     """2-D U-net mapping a slice pair to the ``factor - 1`` slices between.
 
     (n, 2, H, W) in [0, 1] -> (n, factor-1, H, W) in [0, 1].

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import NoInputError, OptionError, OutputExistsError
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -119,14 +121,14 @@ def check_out(out: str | os.PathLike[str], resume: bool,
     if (last / "config.json").exists():
         problem = mismatch(json.loads((last / "config.json").read_text()))
         if problem:
-            raise ValueError(f"{out_dir} {problem}; choose another output folder")
+            raise OptionError(f"{out_dir} {problem}; choose another output folder")
         if not resume:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{out_dir} already holds a checkpoint (epoch "
                 f"{json.loads((last / 'train_state.json').read_text())['epoch']}); "
                 f"pass {resume_hint} to continue it, or choose another folder")
     elif resume:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {last}")
+        raise NoInputError(f"nothing to resume: no checkpoint in {last}")
     return out_dir
 
 

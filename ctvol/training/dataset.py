@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError, MissingDependencyError, OptionError
 from ..intensity import to_unit
 from ..io._handles import HuHandles
 
@@ -34,7 +35,8 @@ def _torch_dataset() -> type:
     try:
         from torch.utils.data import Dataset
     except ImportError as exc:
-        raise ImportError("VolumeDataset needs torch: pip install torch") from exc
+        raise MissingDependencyError(
+            "VolumeDataset needs torch: pip install 'ctvol[torch]'") from exc
     return Dataset
 
 
@@ -113,20 +115,21 @@ class VolumeDataset(_torch_dataset()):  # type: ignore[misc]
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         from ..errors import SeriesNotFoundError
-        from ..io.store import _url, list_series, open_series
+        from ..io._layout import store_url
+        from ..io.store import list_series, open_series
 
         if patch is not None:
             patch = tuple(int(p) for p in patch)
             if len(patch) != 3 or min(patch) < 1:
-                raise ValueError(f"patch must be 3 positive voxel counts (pz, py, px), "
+                raise OptionError(f"patch must be 3 positive voxel counts (pz, py, px), "
                                  f"got {patch!r}")
         if stride is not None:
             if patch is None:
-                raise ValueError("stride needs patch= (whole slices are taken one by one)")
+                raise OptionError("stride needs patch= (whole slices are taken one by one)")
             stride = tuple(int(s) for s in stride)
             if len(stride) != 3 or min(stride) < 1:
-                raise ValueError(f"stride must be 3 positive voxel counts, got {stride!r}")
-        self.store = _url(store)
+                raise OptionError(f"stride must be 3 positive voxel counts, got {stride!r}")
+        self.store = store_url(store)
         self.patch, self.stride = patch, stride or patch
         self.window, self.transform = window, transform
         self.storage_options = storage_options
@@ -164,7 +167,7 @@ class VolumeDataset(_torch_dataset()):  # type: ignore[misc]
             self.items.extend((key, z, y, x) for z in axes[0] for y in axes[1] for x in axes[2])
         if not self.items:
             why = "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "no series"
-            raise ValueError(f"no samples in {self.store} ({why}); use a smaller patch")
+            raise DataError(f"no samples in {self.store} ({why}); use a smaller patch")
         self._hu = HuHandles(self.store, storage_options)
 
     def __len__(self) -> int:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import require
+from ..errors import DataError, OptionError
 from ..io._handles import HuHandles
 
 __all__ = ["InplanePairs", "train_inplane"]
@@ -79,31 +81,32 @@ class InplanePairs:
                  split: str = "train", crop: int | None = 128, normalisation: Any = "window",
                  repeats: int = 1, seed: int = 0, val_fraction: float = 0.3,
                  guard: int = GUARD, storage_options: dict[str, Any] | None = None) -> None:
-        from .._inplane import _check_factor
-        from ..io.store import _series_attrs, _url, open_store
+        from .._volume import check_factor
+        from ..io._layout import series_attrs, store_url
+        from ..io.store import open_store
         from ..models.inplane import check_normalisation
         from .windows import split_of
 
-        f = _check_factor(factor)
+        f = check_factor(factor)
         if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+            raise OptionError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if crop is not None and (crop < f or crop % f):
-            raise ValueError(f"crop must be a positive multiple of factor {f}, got {crop!r}")
+            raise OptionError(f"crop must be a positive multiple of factor {f}, got {crop!r}")
         if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+            raise OptionError(f"repeats must be >= 1, got {repeats!r}")
         hr_keys = _keys(hr) or []
         lr_keys = _keys(lr)
         if not hr_keys:
-            raise ValueError("give at least one high-resolution series key (hr=)")
+            raise OptionError("give at least one high-resolution series key (hr=)")
         if lr_keys is not None and len(lr_keys) != len(hr_keys):
-            raise ValueError(f"lr= names {len(lr_keys)} series but hr= names {len(hr_keys)}: "
+            raise OptionError(f"lr= names {len(lr_keys)} series but hr= names {len(hr_keys)}: "
                              "give one low-resolution series per high-resolution one")
-        self.store, self.factor, self.split, self.crop = _url(store), f, split, crop
+        self.store, self.factor, self.split, self.crop = store_url(store), f, split, crop
         self.normalisation = check_normalisation(normalisation)
         self.repeats, self.seed, self.epoch = int(repeats), seed, 0
         self.storage_options = storage_options
         root = open_store(store, storage_options=storage_options)
-        series = _series_attrs(root)
+        series = series_attrs(root)
         missing = [k for k in [*hr_keys, *(lr_keys or [])] if k not in series]
         if missing:
             from ..errors import SeriesNotFoundError
@@ -123,7 +126,7 @@ class InplanePairs:
                 raise GeometryError(f"series {h} is {shape[1]} x {shape[2]} pixels, not "
                                     f"divisible by factor {f}")
             if crop is not None and crop > min(shape[1:]):
-                raise ValueError(f"crop {crop} is larger than series {h} ({shape[1]} x "
+                raise OptionError(f"crop {crop} is larger than series {h} ({shape[1]} x "
                                  f"{shape[2]})")
             if low is not None:
                 lshape = tuple(root[f"series/{low}/hu"].shape)
@@ -152,7 +155,7 @@ class InplanePairs:
                 self.ranges[h] = (lo, hi)
             self.items.extend((p, i) for i in range(lo, hi))
         if not self.items:
-            raise ValueError(f"no {split} slices in {self.store} for series {hr_keys}; "
+            raise DataError(f"no {split} slices in {self.store} for series {hr_keys}; "
                              "use split='all' or more series")
         self._ranges_lr: dict[str, tuple[float, float]] = {}
         if self.normalisation["kind"] == "minmax":
@@ -330,15 +333,16 @@ def train_inplane(
     FileExistsError
         ``out`` holds a checkpoint and ``resume`` is False.
     """
-    from .._inplane import _check_factor
-    from ..inference import resolve_device
+    require("torch", "ctvol.train_inplane")
+    from .._volume import check_factor
+    from ..models._runtime import resolve_device
     from ..models.inplane import InplaneModel, load_inplane_model, save_inplane_model
     from ..models.inplane_unet import InplaneUNet
     from ._engine import Kind, check_out, fit, start
 
-    f = _check_factor(factor)
+    f = check_factor(factor)
     if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
+        raise OptionError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
 
     def mismatch(have: dict[str, Any]) -> str | None:
         if have.get("format") != "ctvol-inplane-model" or int(have["factor"]) != f:

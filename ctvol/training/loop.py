@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._deps import require
+from ..errors import ModelError, OptionError
 from ._engine import Kind, check_out, fit, start
 
 __all__ = ["train"]
@@ -32,14 +34,14 @@ def _slices_used(ds: Any) -> dict[str, Any]:
     z positions identify the slices in any store holding the same series (a
     subset has other indices), so ``ctvol.evaluate`` compares those.
     """
-    import ctvol
+    from ..io.store import open_series
 
     read: dict[str, set[int]] = {}
     for w in ds.windows:
         read.setdefault(w.key, set()).update(range(w.start, w.start + ds.factor * w.step + 1))
     out: dict[str, Any] = {}
     for key, idx in read.items():
-        z = ctvol.open_series(ds.store, key, storage_options=ds.storage_options)["z"].values
+        z = open_series(ds.store, key, storage_options=ds.storage_options)["z"].values
         s = sorted(idx)
         cuts = [i + 1 for i in range(len(s) - 1) if s[i + 1] != s[i] + 1]
         runs = [(s[a], s[b - 1]) for a, b in zip([0, *cuts], [*cuts, len(s)], strict=True)]
@@ -63,7 +65,7 @@ def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) ->
         try:
             spec = json.loads(pathlib.Path(spec).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read the blocks file {blocks}: {e}") from e
+            raise OptionError(f"cannot read the blocks file {blocks}: {e}") from e
     spec = spec.get("series", spec)
     check_blocks(spec, guard=2 * factor + 1)
     return spec
@@ -71,11 +73,11 @@ def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) ->
 
 def _test_slices(store: Any, blocks: dict[str, Any]) -> dict[str, Any]:
     """z ranges (mm) of the test blocks per series key present in ``store``."""
-    import ctvol
+    from ..io.store import list_series, open_series
 
     out: dict[str, Any] = {}
-    for key in ctvol.list_series(store):
-        ds = ctvol.open_series(store, key)
+    for key in list_series(store):
+        ds = open_series(store, key)
         spec = blocks.get(ds.attrs.get("series_uid", key), blocks.get(key))
         if not spec or not spec.get("test"):
             continue
@@ -193,10 +195,11 @@ def train(
     FileExistsError
         ``out`` holds a checkpoint and ``resume`` is False.
     """
+    require("torch", "ctvol.train")
     import torch
 
-    from ..inference import resolve_device
     from ..models import ResliceModel, load_model, save_model
+    from ..models._runtime import resolve_device
     from ..models.unet import UNet, linear_between
     from .windows import PairWindows
 
@@ -206,19 +209,20 @@ def train(
         return None
 
     if select not in ("loss", "psnr"):
-        raise ValueError(f"select must be 'loss' or 'psnr', got {select!r}")
-    losses = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
-              "l1+ssim": l1_ssim_loss}
+        raise OptionError(f"select must be 'loss' or 'psnr', got {select!r}")
+    losses: dict[str, Callable[[Any, Any], Any]] = {
+        "l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
+        "l1+ssim": l1_ssim_loss}
     if loss not in losses:
-        raise ValueError(f"loss must be one of {sorted(losses)}, got {loss!r}")
+        raise OptionError(f"loss must be one of {sorted(losses)}, got {loss!r}")
     if not 0.0 <= body_fraction <= 1.0:
-        raise ValueError(f"body_fraction must be in [0, 1], got {body_fraction!r}")
+        raise OptionError(f"body_fraction must be in [0, 1], got {body_fraction!r}")
     block_spec = load_blocks(blocks, factor) if blocks is not None else None
     start_from = None
     if init is not None:
         start_from = load_model(init)
         if start_from.factor != factor:
-            raise ValueError(f"init model {init} is for factor {start_from.factor}, not "
+            raise ModelError(f"init model {init} is for factor {start_from.factor}, not "
                              f"{factor}; choose unet-x{factor} or a checkpoint for x{factor}")
     out_dir = check_out(out, resume, mismatch, "resume=True (--resume)")
     dev = resolve_device(device)

@@ -11,7 +11,6 @@ Each DataLoader worker process opens its own store handles.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError, OptionError
 from ..intensity import HU_WINDOW, to_unit
 from ..io._handles import HuHandles
+from ._partition import partition_of, split_of
 
-__all__ = ["PairWindows", "Window", "check_blocks", "split_of"]
+__all__ = ["PairWindows", "Window", "check_blocks", "partition_of", "split_of"]
 
 #: HU above which a pixel counts as body for ``body_fraction`` crops.
 BODY_HU = -500
@@ -54,18 +55,12 @@ def check_blocks(blocks: Mapping[str, Mapping[str, Sequence[Sequence[int]]]],
                        for lo, hi in rs)
         for (lo1, hi1, n1), (lo2, hi2, n2) in zip(spans, spans[1:], strict=False):
             if n1 != n2 and lo2 - hi1 < guard:
-                raise ValueError(
+                raise OptionError(
                     f"series {key}: block {n1} [{lo1}, {hi1}) and block {n2} [{lo2}, {hi2}) "
                     f"are {lo2 - hi1} slices apart; leave a guard gap of at least {guard}")
             if lo2 < hi1:
-                raise ValueError(f"series {key}: blocks [{lo1}, {hi1}) and [{lo2}, {hi2}) "
+                raise OptionError(f"series {key}: blocks [{lo1}, {hi1}) and [{lo2}, {hi2}) "
                                  "overlap")
-
-
-def split_of(series_uid: str, val_fraction: float = 0.3) -> str:
-    """``"train"`` or ``"val"`` from a stable hash of the SeriesInstanceUID."""
-    h = int(hashlib.sha1(series_uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "val" if h < val_fraction else "train"
 
 
 #: zarr's codec pipeline backed by the zarrs Rust crate (``pip install zarrs``).
@@ -97,12 +92,6 @@ def _read_config(store: str) -> dict[str, Any]:
     if get_worker_info() is None:
         return {}
     return {"codec_pipeline.path": _ZARRS_PIPELINE}
-
-
-def partition_of(series_uid: str) -> str:
-    from ..curation import partition_of as p
-
-    return p(series_uid)
 
 
 def _blank_slices(root: Any, key: str) -> np.ndarray | None:
@@ -199,29 +188,30 @@ class PairWindows:
         body_fraction: float = 0.0,
         crop_tries: int = 8,
     ) -> None:
-        from ..io.store import _series_attrs, _url, open_store
+        from ..io._layout import series_attrs, store_url
+        from ..io.store import open_store
 
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-            raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+            raise OptionError(f"factor must be an integer >= 2, got {factor!r}")
         if partitions not in ("train-val", "train-val-test"):
-            raise ValueError(f"partitions must be 'train-val' or 'train-val-test', "
+            raise OptionError(f"partitions must be 'train-val' or 'train-val-test', "
                              f"got {partitions!r}")
         valid = ("train", "val", "test", "all") \
             if partitions == "train-val-test" or blocks is not None else ("train", "val", "all")
         if split not in valid:
-            raise ValueError(f"split must be one of {valid} with partitions={partitions!r}, "
+            raise OptionError(f"split must be one of {valid} with partitions={partitions!r}, "
                              f"got {split!r}")
         self.partitions = partitions
         if not set(strides) <= {1, 2} or not strides:
-            raise ValueError(f"strides must be a non-empty subset of (1, 2), got {strides!r}")
-        self.store, self.factor, self.split = _url(store), factor, split
+            raise OptionError(f"strides must be a non-empty subset of (1, 2), got {strides!r}")
+        self.store, self.factor, self.split = store_url(store), factor, split
         self.crop, self.seed, self.window = crop, seed, window
         self.storage_options = storage_options
         self.epoch = 0
         self.body_fraction, self.crop_tries = float(body_fraction), int(crop_tries)
         self.blocks = None if blocks is None else {str(k): v for k, v in blocks.items()}
         root = open_store(store, storage_options=storage_options)
-        series = _series_attrs(root)
+        series = series_attrs(root)
         if keys is not None:
             series = {k: v for k, v in series.items() if k in set(keys)}
         self.shapes = {k: tuple(root[f"series/{k}/hu"].shape) for k in series}
@@ -248,7 +238,7 @@ class PairWindows:
                 too_short.append(f"{key} ({n} slices)")
             windows.extend(found)
         if not windows:
-            raise ValueError(
+            raise DataError(
                 f"no {split} windows for factor {factor} in {self.store}: a window needs "
                 f"{factor * min(strides) + 1} contiguous slices "
                 f"(series: {', '.join(too_short) or 'none in this split'}); "
@@ -268,7 +258,7 @@ class PairWindows:
         for name in names:
             for lo, hi in spec.get(name, []):
                 if not 0 <= lo < hi <= n:
-                    raise ValueError(f"block {name} [{lo}, {hi}) of series {key} is outside "
+                    raise OptionError(f"block {name} [{lo}, {hi}) of series {key} is outside "
                                      f"its {n} slices; fix the blocks file")
                 out.append((int(lo), int(hi)))
         return out

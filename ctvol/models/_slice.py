@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import require
+from ..errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
 from ..intensity import HU_WINDOW, to_unit
+from ._base import TorchModel
 
 __all__ = ["FORMAT", "SliceModel", "load_slice_model", "prepare", "save_slice_model",
            "slice_net"]
@@ -90,7 +93,7 @@ def slice_net(outputs: int, *, widths: Sequence[int] = (16, 32, 64, 128),
             return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
     if outputs < 1 or not widths or blocks < 1:
-        raise ValueError(f"bad architecture: outputs={outputs}, widths={widths}, blocks={blocks}")
+        raise ModelError(f"bad architecture: outputs={outputs}, widths={widths}, blocks={blocks}")
     return SliceNet()
 
 
@@ -114,7 +117,7 @@ def prepare(hu: np.ndarray, size: int, window: tuple[float, float] = HU_WINDOW) 
     return x.contiguous()
 
 
-class SliceModel:
+class SliceModel(TorchModel):
     """A trained slice-level network with its config (classifier or localizer).
 
     Parameters
@@ -130,20 +133,18 @@ class SliceModel:
         HU window mapped to [0, 1].
     """
 
+    channels_last = False  # as trained; its pooling head gains nothing from it
+
     def __init__(self, net: Any, *, task: str, classes: Sequence[str], input_size: int = 128,
                  window: tuple[float, float] = HU_WINDOW,
                  provenance: dict[str, Any] | None = None, path: str | None = None) -> None:
         if task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
-        self.net = net.eval()
+            raise OptionError(f"task must be one of {list(TASKS)}, got {task!r}")
+        super().__init__(net, provenance=provenance, path=path)
         self.task = task
         self.classes = [str(c) for c in classes]
         self.input_size = int(input_size)
         self.window = (float(window[0]), float(window[1]))
-        self.provenance = dict(provenance or {})
-        self.path = path
-        self._digest: str | None = None
-        self._device = "cpu"
 
     @property
     def outputs(self) -> int:
@@ -156,22 +157,6 @@ class SliceModel:
                 "input_size": self.input_size, "window": list(self.window),
                 "provenance": self.provenance}
 
-    @property
-    def digest(self) -> str:
-        """SHA-256 of config and weights: the model's identity in caches and reports."""
-        if self._digest is None:
-            from ..models._checkpoint import weights_digest
-
-            self._digest = weights_digest(self.config, self.net)
-        return self._digest
-
-    def to(self, device: str) -> SliceModel:
-        import torch
-
-        self.net.to(torch.device(device))
-        self._device = device
-        return self
-
     def predict(self, hu: np.ndarray, *, batch_size: int = 64, amp: bool = False) -> np.ndarray:
         """HU slices (n, H, W) -> (n, outputs) float32: class probabilities or locations.
 
@@ -180,23 +165,14 @@ class SliceModel:
         """
         import torch
 
-        device = torch.device(self._device)
-        cuda = device.type == "cuda"
         out = np.empty((hu.shape[0], self.outputs), dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, hu.shape[0], batch_size):
-                x = prepare(hu[s : s + batch_size], self.input_size, self.window)
-                if cuda:
-                    x = x.pin_memory()
-                x = x.to(device, non_blocking=cuda)
-                if amp and cuda:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.net(x).float()
-                else:
-                    y = self.net(x).float()
-                y = torch.softmax(y, dim=1) if self.task == "classify" else torch.sigmoid(y)
-                out[s : s + batch_size] = y.cpu().numpy()
-        return out
+
+        def finish(y: Any) -> Any:
+            return torch.softmax(y, dim=1) if self.task == "classify" else torch.sigmoid(y)
+
+        return self.run_batches(
+            hu.shape[0], lambda s, e: prepare(hu[s:e], self.input_size, self.window), finish,
+            out, batch_size=batch_size, amp=amp)
 
     def __repr__(self) -> str:
         return (f"<SliceModel {self.task} classes={self.classes} size={self.input_size} "
@@ -205,7 +181,7 @@ class SliceModel:
 
 def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from ..models._checkpoint import write_checkpoint
+    from ._checkpoint import write_checkpoint
 
     return write_checkpoint(model, path)
 
@@ -220,24 +196,25 @@ def load_slice_model(path: str | os.PathLike[str], *, task: str | None = None) -
     ValueError
         Not a slice-model checkpoint, or one for another task.
     """
-    from ..models._checkpoint import load_weights, read_checkpoint
+    require("torch", "a slice model"), require("safetensors", "a slice model")
+    from ._checkpoint import load_weights, read_checkpoint
 
     folder = pathlib.Path(path)
     if folder.is_file():
         folder = folder.parent
     found = read_checkpoint(folder)
     if found is None:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"no slice model at {folder}: a checkpoint folder holds config.json and "
             "model.safetensors; train one with ctvol.curation.train_classifier / "
             "train_localizer"
         )
     cfg, cfg_path = found
     if cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a ctvol slice model (format {cfg.get('format')!r},"
+        raise ModelError(f"{cfg_path} is not a ctvol slice model (format {cfg.get('format')!r},"
                          f" expected {FORMAT!r}); reslice U-nets go to ctvol.reslice instead")
     if task is not None and cfg["task"] != task:
-        raise ValueError(f"{folder} is a {cfg['task']!r} model, but a {task!r} model is needed")
+        raise ModelError(f"{folder} is a {cfg['task']!r} model, but a {task!r} model is needed")
     arch = cfg["architecture"]
     net = slice_net(arch["outputs"], widths=arch["widths"], blocks=arch["blocks"])
     net.load_state_dict(load_weights(cfg_path))
@@ -250,17 +227,17 @@ def resolve(model: Any, task: str) -> SliceModel:
     """A SliceModel from a model object or a checkpoint path, checked for ``task``."""
     if isinstance(model, SliceModel):
         if model.task != task:
-            raise ValueError(f"{model!r} is a {model.task!r} model, but a {task!r} model "
+            raise ModelError(f"{model!r} is a {model.task!r} model, but a {task!r} model "
                              "is needed")
         return model
     if isinstance(model, str | os.PathLike):
         return load_slice_model(model, task=task)
-    raise TypeError(f"model must be a SliceModel or a checkpoint folder path, got "
+    raise OptionTypeError(f"model must be a SliceModel or a checkpoint folder path, got "
                     f"{type(model).__name__}")
 
 
 def cached(source: Any, device: str) -> SliceModel:
     """The model for ``source`` (path or SliceModel) on ``device``, once per process."""
-    from ..inference import cached_model
+    from ._runtime import cached_model
 
     return cached_model(source, device, SliceModel, load_slice_model)  # type: ignore[no-any-return]

@@ -1,15 +1,21 @@
-"""Deterministic train / validation / test partitions of series.
+"""Deterministic partitions of series, for every split in ctvol (training windows,
+the in-plane training set, curation's classifiers).
 
-As in the slice-localizer method: every series is assigned to one partition
-by a hash of its SeriesInstanceUID, so all slices of a series land on one side
-and the assignment never changes when the cohort grows.
+Every series is assigned to one side by a hash of its SeriesInstanceUID, so all
+slices of a series land on one side and the assignment never changes when the
+cohort grows (as in the slice-localizer method). Two schemes, both kept for
+the splits already recorded in checkpoints: :func:`partition_of` (train / val /
+test 70 / 20 / 10, SHA-256 mod 10) and :func:`split_of` (train / val at a
+chosen fraction, SHA-1).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["PARTITIONS", "partition_of"]
+from ..errors import OptionTypeError
+
+__all__ = ["PARTITIONS", "partition_of", "split_of"]
 
 #: Partition of each residue of SHA-256(SeriesInstanceUID) mod 10: 70 / 20 / 10 %.
 PARTITIONS: tuple[str, ...] = ("train",) * 7 + ("val",) * 2 + ("test",)
@@ -42,6 +48,12 @@ def partition_of(series_uid: str) -> str:
     'train'
     """
     if not isinstance(series_uid, str) or not series_uid:
-        raise TypeError(f"series_uid must be a non-empty string, got {series_uid!r}")
+        raise OptionTypeError(f"series_uid must be a non-empty string, got {series_uid!r}")
     digest = hashlib.sha256(series_uid.encode("utf-8")).digest()
     return PARTITIONS[int.from_bytes(digest, "big") % 10]
+
+
+def split_of(series_uid: str, val_fraction: float = 0.3) -> str:
+    """``"train"`` or ``"val"`` from a stable hash of the SeriesInstanceUID."""
+    h = int(hashlib.sha1(series_uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"

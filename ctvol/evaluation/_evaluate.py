@@ -21,183 +21,39 @@ scheduler (the lineage to recompute them from), growing with the cohort.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import EvaluationWarning, GeometryError
-from .intensity import HU_WINDOW
-from .metrics import METRICS
+from .._deps import available
+from ..errors import DataError, EvaluationWarning, GeometryError, ModelError, OptionError
+from ..intensity import HU_WINDOW
+from ..metrics import METRICS
+from ._report import EvaluationReport
+from ._types import CONVENTIONS, METHODS, Case, Source, compared, paired_t
 
 if TYPE_CHECKING:
-    import pandas as pd
     import xarray as xr
 
 __all__ = ["CONVENTIONS", "EvaluationReport", "evaluate", "paired_t"]
 
-METHODS = ("linear", "unet", "auto")
-BASELINE = "linear"
-#: The two conventions every report carries, primary first.
-CONVENTIONS = {
-    "generated": "per-slice metrics over generated slices only, averaged over slices "
-                 "(Table 2 of Nishimoto et al., 2024; primary)",
-    "volume": "per-series metrics over the whole reconstructed volume, kept slices "
-              "included (MSE over all voxels, PSNR from that MSE, SSIM averaged over all "
-              "slices), then averaged over series",
-}
-COLUMNS = ["factor", "stride", "convention", "series", "method", "metric", "n", "n_exact",
-           "mean", "sd", "ci_low", "ci_high", "min", "max", "t", "p"]
 #: Series whose graphs are built and submitted together (at least the Client's
 #: worker threads); two windows are in flight at a time.
 SERIES_WINDOW = 8
-
-
-@dataclass(frozen=True)
-class _Source:
-    """A series to evaluate, opened only when its window is built (and for figures)."""
-
-    key: str
-    store: str | None        # the cohort store, or None for an in-memory volume
-    data: Any = None         # the volume itself when store is None
-    zsel: slice | None = None  # the contiguous slice range asked for
-
-    def open(self) -> tuple[xr.Dataset, int]:
-        """The (selected) series, lazy, and the index of its first slice."""
-        from .io.store import open_series
-
-        ds = self.data if self.store is None else open_series(self.store, self.key)
-        if self.zsel is None:
-            return ds, 0
-        start, stop, _ = self.zsel.indices(ds.sizes["z"])
-        return ds.isel(z=slice(start, stop)), start
-
-
-def _compared(ds: xr.Dataset, stride: int, m: int) -> xr.Dataset:
-    """The slices compared at a stride: every ``stride``-th, the first ``m``."""
-    return ds.isel(z=slice(None, None, stride)).isel(z=slice(0, m))
-
-
-@dataclass(eq=False)
-class _Case:
-    """One (factor, stride, series) evaluated: metadata in memory, metrics lazy.
-
-    The volumes are not kept (a cohort of them would grow the driver): the
-    figures re-open the few they show from ``source``.
-    """
-
-    factor: int
-    stride: int
-    key: str
-    index: np.ndarray        # slice index in the series, per compared slice
-    z: np.ndarray            # z (mm) per compared slice
-    generated: np.ndarray    # True where the slice was generated (not kept)
-    series_uid: str | None   # SeriesInstanceUID from the series' attrs
-    source: _Source
-    metrics: Any             # dask (slices, methods, 3) float64
-    #: per-series report rows' statistics: (labels, names, paired, moments)
-    stats: list[tuple[dict[str, Any], Sequence[str], bool, dict[str, np.ndarray]]] = field(
-        default_factory=list)
-    #: method="auto": its self-check's decision and scores (attrs["reslice"]["auto"])
-    auto: dict[str, Any] | None = None
-
-    @property
-    def block(self) -> xr.Dataset:
-        """The compared slices (lazy)."""
-        return _compared(self.source.open()[0], self.stride, self.index.size)
-
-    @property
-    def kept(self) -> xr.Dataset:
-        """Every k-th compared slice: the input of the methods (lazy)."""
-        return self.block.isel(z=slice(None, None, self.factor))
-
-
-@dataclass
-class EvaluationReport:
-    """What :func:`evaluate` returns: numbers, lazy per-slice metrics, report files.
-
-    Attributes
-    ----------
-    table : pandas.DataFrame
-        One row per (factor, stride, convention, series or "all", method,
-        metric) with n, mean, sd, 95 % CI, min, max; rows whose method reads
-        ``"unet - linear"`` are paired t-tests on the differences (mean, sd
-        and CI of the difference, t, p). ``n_exact`` counts slices with MSE 0
-        (PSNR +inf), which PSNR statistics exclude and report separately.
-    per_slice : xarray.Dataset
-        ``psnr``, ``ssim``, ``mse`` on (slice, algorithm), Dask-backed (the
-        computed values, in the chunks that computed them), with coordinates
-        factor, stride, series,
-        index, z and generated per slice. (The dimension is not called
-        "method" because ``.sel(method=...)`` is xarray's matching keyword.)
-    info : dict
-        Store, factors, strides, methods, models (path, digest, provenance),
-        evaluated and skipped series with reasons, versions.
-    """
-
-    table: pd.DataFrame
-    per_slice: xr.Dataset
-    info: dict[str, Any]
-    figure_data: dict[str, Any] = field(default_factory=dict, repr=False)
-    _cases: list[_Case] = field(default_factory=list, repr=False)
-    _models: dict[int, Any] = field(default_factory=dict, repr=False)
-
-    def summary(self, convention: str = "generated", stride: int = 1) -> pd.DataFrame:
-        """The paper's Table 2 layout: rows metric, columns (factor, method), cohort means."""
-        from ._report import summary
-
-        return summary(self, convention=convention, stride=stride)
-
-    def to_markdown(self) -> str:
-        """``report.md``: Table 2 layout per convention with p-values, then per-series rows."""
-        from ._report import markdown
-
-        return markdown(self)
-
-    def save(self, path: str | os.PathLike[str], *, figures: bool = True) -> Any:
-        """Write ``report.json``, ``report.md`` and ``figures/*.png`` into ``path``.
-
-        Returns the folder (``pathlib.Path``).
-        """
-        from ._report import save
-
-        return save(self, path, figures=figures)
-
-
-def paired_t(n: int, mean: float, sd: float) -> tuple[float | None, float | None]:
-    """Paired t statistic and two-sided p from the differences' moments.
-
-    Equals ``scipy.stats.ttest_rel(a, b)`` when n, mean and sd (ddof=1) are
-    those of ``a - b``; None where the test is undefined (n < 2, or every
-    difference equal).
-
-    Examples
-    --------
-    >>> t, p = paired_t(10, 0.5, 1.0)
-    >>> round(t, 4), round(p, 4)
-    (1.5811, 0.1483)
-    """
-    from scipy import stats
-
-    if n < 2 or not sd > 0:
-        return None, None
-    t = mean / (sd / math.sqrt(n))
-    return float(t), float(2 * stats.t.sf(abs(t), n - 1))
 
 
 def _check_methods(methods: Any) -> tuple[str, ...]:
     methods = (methods,) if isinstance(methods, str) else tuple(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
-        raise ValueError(f"unknown method(s) {bad or methods!r}: valid methods are "
+        raise OptionError(f"unknown method(s) {bad or methods!r}: valid methods are "
                          f"{list(METHODS)}")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"methods repeat: {methods!r}")
+        raise OptionError(f"methods repeat: {methods!r}")
     return methods
 
 
@@ -205,23 +61,22 @@ def _ints(values: Any, what: str, low: int) -> list[int]:
     vals = [values] if isinstance(values, numbers.Integral) else list(values)
     for v in vals:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise ValueError(f"{what} must be integers >= {low}, got {v!r}")
+            raise OptionError(f"{what} must be integers >= {low}, got {v!r}")
     if not vals:
-        raise ValueError(f"give at least one {what[:-1]}")
+        raise OptionError(f"give at least one {what[:-1]}")
     return sorted({int(v) for v in vals})
 
 
 def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> dict[int, Any]:
     """A ResliceModel per factor for the U-net method (bundled by default)."""
-    from ._reslice import _bundled_for, _load
-    from .models import bundled_models
+    from ..models import as_model, bundled_models, bundled_name
 
     if "unet" not in methods and "auto" not in methods:
         return {}
     if isinstance(model, Mapping):
-        given = {int(k): _load(v) for k, v in model.items()}
+        given = {int(k): as_model(v) for k, v in model.items()}
     elif model is not None:
-        m = _load(model)
+        m = as_model(model)
         given = {m.factor: m}
     else:
         given = {}
@@ -230,29 +85,30 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
         if k in given:
             out[k] = given[k]
         elif model is None:
-            if "unet" not in methods and k not in bundled_models().values():
+            if "unet" not in methods and (k not in bundled_models().values()
+                                          or not available("torch")):
                 continue  # auto alone: linear for this factor, with its reason
-            out[k] = _load(_bundled_for(k))
+            out[k] = as_model(bundled_name(k))
         else:
-            raise ValueError(
+            raise ModelError(
                 f"no model for factor {k}: the model(s) given generate factor(s) "
                 f"{sorted(given)}; pass model={{factor: path, ...}} or drop factor {k}"
             )
         if out[k].factor != k:
-            raise ValueError(f"model {out[k]!r} generates factor {out[k].factor}, not {k}")
+            raise ModelError(f"model {out[k]!r} generates factor {out[k].factor}, not {k}")
     return out
 
 
-def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
+def _sources(data: Any, series: Any) -> tuple[list[Source], str | None]:
     """The series to evaluate (checked, not opened) and the store path."""
     import xarray as xr
 
-    from .io.store import list_series, open_series
+    from ..io.store import list_series, open_series
 
     if isinstance(data, xr.Dataset):
         key = str(data.attrs.get("series_uid", "series"))
         sel = {key: series} if isinstance(series, slice) else {}
-        found = [_Source(key, None, data)]
+        found = [Source(key, None, data)]
         store = None
     else:
         store = os.fspath(data)
@@ -269,9 +125,9 @@ def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
         for k in wanted:
             if k not in known:
                 open_series(store, k)  # raises, naming the key and the ones that exist
-        found = [_Source(k, store) for k in wanted]
+        found = [Source(k, store) for k in wanted]
         if not found:
-            raise ValueError(f"{store} holds no complete series to evaluate")
+            raise DataError(f"{store} holds no complete series to evaluate")
     out = []
     for src in found:
         zsel = sel.get(src.key)
@@ -279,25 +135,25 @@ def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
             out.append(src)
             continue
         if not isinstance(zsel, slice) or zsel.step not in (None, 1):
-            raise ValueError(f"series {src.key!r}: give a contiguous slice(start, stop), "
+            raise OptionError(f"series {src.key!r}: give a contiguous slice(start, stop), "
                              f"got {zsel!r}")
-        out.append(_Source(src.key, src.store, src.data, zsel))
+        out.append(Source(src.key, src.store, src.data, zsel))
     return out, store
 
 
-def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequence[str],
+def _case(src: Source, ds: Any, offset: int, k: int, stride: int, methods: Sequence[str],
           models: dict[int, Any], batch_size: int, device: str | None,
-          window: tuple[float, float]) -> _Case | str:
+          window: tuple[float, float]) -> Case | str:
     """Build one case's lazy metrics, or return why the series is skipped."""
-    from ._reslice import reslice
-    from .metrics import map_slice_metrics
+    from .._reslice import reslice
+    from ..metrics import map_slice_metrics
 
     n = ds.isel(z=slice(None, None, stride)).sizes["z"]
     if n < k + 1:
         return (f"too short: {n} slice(s) at stride {stride}, factor {k} needs at least "
                 f"{k + 1} (one pair and the {k - 1} slice(s) between)")
     m = (n - 1) // k * k + 1  # whole groups of k; the tail that cannot be bracketed is left
-    block = _compared(ds, stride, m)
+    block = compared(ds, stride, m)
     kept = block.isel(z=slice(None, None, k))
     try:
         model = models.get(k)
@@ -309,7 +165,7 @@ def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequ
     auto = next((o.attrs["reslice"].get("auto") for o in outs
                  if "auto" in o.attrs["reslice"]), None)
     metrics = map_slice_metrics(block["hu"].data, *(o["hu"].data for o in outs), window=window)
-    return _Case(factor=k, stride=stride, key=src.key,
+    return Case(factor=k, stride=stride, key=src.key,
                  index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
                  generated=np.asarray(outs[0]["generated"].values, dtype=bool),
                  series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics,
@@ -317,7 +173,7 @@ def _case(src: _Source, ds: Any, offset: int, k: int, stride: int, methods: Sequ
 
 
 def _series_window() -> int:
-    from ._compute import active_client
+    from .._compute import active_client
 
     client = active_client()
     threads = sum(client.nthreads().values()) if client is not None else 0
@@ -395,15 +251,17 @@ def evaluate(
     """
     import dask.array as da
 
+    from .._compute import compute_bounded
     from . import _report
-    from ._compute import compute_bounded
 
     factors = _ints(factor, "factors", 2)
     strides_ = _ints(strides, "strides", 1)
     if methods is None:
-        from .models import bundled_models
+        from ..models import bundled_models
 
-        have = set(bundled_models().values())
+        # Without torch (an install without the [torch] extra) no U-net runs:
+        # linear, and auto falling back to linear with that reason.
+        have = set(bundled_models().values()) if available("torch") else set()
         methods = METHODS if model is not None or set(factors) <= have \
             else tuple(m for m in METHODS if m != "unet")
     methods = _check_methods(methods)
@@ -412,10 +270,10 @@ def evaluate(
     size = _series_window()
     # Cases and skips are numbered (factor, stride, series) so that, built
     # window by window, the report lists them in that order.
-    numbered: list[tuple[tuple[int, int, int], _Case]] = []
+    numbered: list[tuple[tuple[int, int, int], Case]] = []
     skipped_: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
     described: list[dict[str, Any]] = []
-    windows: list[list[_Case]] = []
+    windows: list[list[Case]] = []
 
     def graphs() -> Iterator[Any]:
         for w0 in range(0, len(sources), size):
@@ -453,7 +311,7 @@ def evaluate(
         warnings.warn(text, EvaluationWarning, stacklevel=2)
     if not cases:
         why = "; ".join(f"{d['series']} x{d['factor']}: {d['reason']}" for d in skipped)
-        raise ValueError(f"no series could be evaluated: {why}")
+        raise DataError(f"no series could be evaluated: {why}")
     table, figure_data = _report.aggregate(cases, methods)
     info = _report.info(store=store, factors=factors, strides=strides_, methods=methods,
                         models=models, sources=described, cases=cases, skipped=skipped,
@@ -463,7 +321,7 @@ def evaluate(
                             figure_data=figure_data, _cases=cases, _models=models)
 
 
-def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
+def _training_overlap(cases: list[Case], models: dict[int, Any]) -> list[str]:
     """Warnings for evaluated slices that a model's checkpoint says it was trained on.
 
     Training records each series' first/last z (mm) read; z positions, not
@@ -483,7 +341,7 @@ def _training_overlap(cases: list[_Case], models: dict[int, Any]) -> list[str]:
     return out
 
 
-def _overlaps(c: _Case, model: Any, used: Mapping[str, Any], role: str,
+def _overlaps(c: Case, model: Any, used: Mapping[str, Any], role: str,
               effect: str) -> list[str]:
     out = []
     uid = str(c.series_uid or "")
@@ -507,7 +365,7 @@ def _overlaps(c: _Case, model: Any, used: Mapping[str, Any], role: str,
     return out
 
 
-def _per_slice(cases: list[_Case], methods: Sequence[str]) -> xr.Dataset:
+def _per_slice(cases: list[Case], methods: Sequence[str]) -> xr.Dataset:
     import dask.array as da
     import xarray as xr
 

@@ -17,22 +17,73 @@ import json
 import math
 import os
 import pathlib
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .metrics import METRICS
+from .._deps import available
+from ..errors import DataError, EvaluationWarning
+from ..metrics import METRICS
+from ._types import BASELINE, COLUMNS, CONVENTIONS, Case, paired_t
 
 if TYPE_CHECKING:
     import pandas as pd
+    import xarray as xr
 
-    from ._evaluate import EvaluationReport, _Case
 
 _LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mse": "MSE"}
 N_WORST = 4
 N_BINS = 40
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate` returns: numbers, lazy per-slice metrics, report files.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per (factor, stride, convention, series or "all", method,
+        metric) with n, mean, sd, 95 % CI, min, max; rows whose method reads
+        ``"unet - linear"`` are paired t-tests on the differences (mean, sd
+        and CI of the difference, t, p). ``n_exact`` counts slices with MSE 0
+        (PSNR +inf), which PSNR statistics exclude and report separately.
+    per_slice : xarray.Dataset
+        ``psnr``, ``ssim``, ``mse`` on (slice, algorithm), Dask-backed (the
+        computed values, in the chunks that computed them), with coordinates
+        factor, stride, series,
+        index, z and generated per slice. (The dimension is not called
+        "method" because ``.sel(method=...)`` is xarray's matching keyword.)
+    info : dict
+        Store, factors, strides, methods, models (path, digest, provenance),
+        evaluated and skipped series with reasons, versions.
+    """
+
+    table: pd.DataFrame
+    per_slice: xr.Dataset
+    info: dict[str, Any]
+    figure_data: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cases: list[Case] = field(default_factory=list, repr=False)
+    _models: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def summary(self, convention: str = "generated", stride: int = 1) -> pd.DataFrame:
+        """The paper's Table 2 layout: rows metric, columns (factor, method), cohort means."""
+        return summary(self, convention=convention, stride=stride)
+
+    def to_markdown(self) -> str:
+        """``report.md``: Table 2 layout per convention with p-values, then per-series rows."""
+        return markdown(self)
+
+    def save(self, path: str | os.PathLike[str], *, figures: bool = True) -> Any:
+        """Write ``report.json``, ``report.md`` and ``figures/*.png`` into ``path``.
+
+        Returns the folder (``pathlib.Path``).
+        """
+        return save(self, path, figures=figures)
 
 
 def _moment_graph(x: Any) -> tuple[Any, ...]:
@@ -66,8 +117,6 @@ def _row(stat: dict[str, np.ndarray], idx: tuple[int, ...], paired: bool,
          **labels: Any) -> dict[str, Any]:
     from scipy import stats
 
-    from ._evaluate import paired_t
-
     n = int(stat["n"][idx])
     mean = float(stat["mean"][idx]) if n else None
     sd = math.sqrt(float(stat["var"][idx])) if n > 1 else None
@@ -93,10 +142,9 @@ def _volume(metrics: Any) -> Any:
     return da.stack([vol_psnr, vol_ssim, vol_mse], axis=1)
 
 
-def _series_jobs(c: _Case, methods: Sequence[str]
+def _series_jobs(c: Case, methods: Sequence[str]
                  ) -> list[tuple[dict[str, Any], Any, Sequence[str], bool]]:
     """One case's report rows: (labels, lazy per-slice values, names, paired)."""
-    from ._evaluate import BASELINE
 
     base = methods.index(BASELINE) if BASELINE in methods else None
     others = [i for i, m in enumerate(methods) if m != BASELINE]
@@ -111,7 +159,7 @@ def _series_jobs(c: _Case, methods: Sequence[str]
     return jobs
 
 
-def window_results(cases: list[_Case], methods: Sequence[str]) -> Any:
+def window_results(cases: list[Case], methods: Sequence[str]) -> Any:
     """A window of cases as one delayed object: their per-slice metrics and the
     statistics of their per-series rows.
 
@@ -134,7 +182,7 @@ def window_results(cases: list[_Case], methods: Sequence[str]) -> Any:
     return dask.delayed(finish, pure=True)([c.metrics for c in cases], raw)
 
 
-def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def aggregate(cases: list[Case], methods: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The report table and the data behind the figures (small numpy arrays).
 
     Per-series rows come from ``case.stats`` (:func:`window_results`); the
@@ -143,12 +191,10 @@ def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame,
     import dask.array as da
     import pandas as pd
 
-    from ._evaluate import BASELINE, COLUMNS
-
     base = methods.index(BASELINE) if BASELINE in methods else None
     others = [i for i, m in enumerate(methods) if m != BASELINE]
     diffs = [f"{methods[i]} - {BASELINE}" for i in others] if base is not None else []
-    groups: dict[tuple[int, int], list[_Case]] = defaultdict(list)
+    groups: dict[tuple[int, int], list[Case]] = defaultdict(list)
     for c in cases:
         groups[(c.factor, c.stride)].append(c)
 
@@ -188,7 +234,7 @@ def aggregate(cases: list[_Case], methods: Sequence[str]) -> tuple[pd.DataFrame,
     return table, _figure_data(cases, groups, cohort_gen, cohort_diff, table, methods, diffs)
 
 
-def _figure_data(cases: list[_Case], groups: dict[tuple[int, int], list[_Case]],
+def _figure_data(cases: list[Case], groups: dict[tuple[int, int], list[Case]],
                  cohort_gen: dict[tuple[int, int], Any], cohort_diff: dict[tuple[int, int], Any],
                  table: pd.DataFrame, methods: Sequence[str], diffs: list[str]) -> dict[str, Any]:
     """Histograms of the paired differences and the worst slices, per factor (lowest stride)."""
@@ -239,7 +285,7 @@ def summary(rep: EvaluationReport, *, convention: str = "generated",
     t = rep.table
     sel = t[(t.series == "all") & (t.convention == convention) & (t.stride == stride)]
     if sel.empty:
-        raise ValueError(f"no cohort rows for convention={convention!r}, stride={stride}; "
+        raise DataError(f"no cohort rows for convention={convention!r}, stride={stride}; "
                          f"conventions: {sorted(set(t.convention))}, strides: "
                          f"{sorted(set(t.stride))}")
     cols = {}
@@ -378,7 +424,6 @@ def markdown(rep: EvaluationReport) -> str:
 
 
 def _conv_text(conv: str) -> str:
-    from ._evaluate import CONVENTIONS
 
     return CONVENTIONS[conv]
 
@@ -393,12 +438,11 @@ def describe_source(key: str, ds: Any, offset: int) -> dict[str, Any]:
 
 
 def info(*, store: str | None, factors: list[int], strides: list[int], methods: Sequence[str],
-         models: dict[int, Any], sources: list[dict[str, Any]], cases: list[_Case],
+         models: dict[int, Any], sources: list[dict[str, Any]], cases: list[Case],
          skipped: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
     import importlib.metadata as md
 
-    from . import __version__
-    from ._evaluate import CONVENTIONS
+    from .._version import __version__
 
     versions: dict[str, str | None] = {}
     for pkg in ("numpy", "scipy", "scikit-image", "dask", "distributed", "xarray", "zarr",
@@ -448,6 +492,11 @@ def save(rep: EvaluationReport, path: str | os.PathLike[str], *,
          figures: bool = True) -> pathlib.Path:
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    if figures and not available("matplotlib"):
+        warnings.warn("report figures skipped: matplotlib is not installed (pip install "
+                      "'ctvol[figures]'); the tables are written", EvaluationWarning,
+                      stacklevel=3)
+        figures = False
     if figures:
         from ._figures import draw_all
 

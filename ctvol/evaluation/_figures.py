@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .metrics import METRICS, slice_metrics
+from .._deps import require
+from ..metrics import METRICS, slice_metrics
+from ._types import Case
 
 if TYPE_CHECKING:
-    from ._evaluate import EvaluationReport, _Case
+    from ._report import EvaluationReport
 
 _LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "mse": "MSE"}
 
@@ -32,9 +34,9 @@ def _figure(w: float, h: float) -> Any:
     return Figure(figsize=(w, h), layout="constrained")
 
 
-def _pair(rep: EvaluationReport, case: _Case, j: int) -> dict[str, np.ndarray]:
+def _pair(rep: EvaluationReport, case: Case, j: int) -> dict[str, np.ndarray]:
     """Real slices of pair j (k+1 of them) and each method's output for that pair."""
-    from ._reslice import reslice
+    from .._reslice import reslice
 
     k = case.factor
     out = {"real": np.asarray(case.block["hu"][j * k:(j + 1) * k + 1].values)}
@@ -59,7 +61,7 @@ def _show(ax: Any, img: np.ndarray, window: tuple[float, float], title: str = ""
         ax.set_title(title, fontsize=7)
 
 
-def example(rep: EvaluationReport, case: _Case, path: pathlib.Path) -> None:
+def example(rep: EvaluationReport, case: Case, path: pathlib.Path) -> None:
     k = case.factor
     n_pairs = case.kept.sizes["z"] - 1
     j = n_pairs // 2
@@ -172,6 +174,7 @@ def worst_title(n: int, main: str, gains: list[float]) -> str:
 
 def draw_all(rep: EvaluationReport, folder: pathlib.Path) -> list[str]:
     """Draw every figure into ``folder``; return their paths relative to its parent."""
+    require("matplotlib", "the evaluation report figures (figures=False skips them)")
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     for k in rep.info["factors"]:
