@@ -18,6 +18,20 @@ SHARED = pathlib.Path(
 ) / "dcm_qa_ct_philips"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests run where CUDA is visible and skip elsewhere, saying so."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (a gpu test; run `pytest -m gpu` on a GPU machine)")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     # torch (later stages) writes an inductor cache under $TMPDIR/<user>.

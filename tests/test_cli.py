@@ -57,6 +57,7 @@ def test_failed_series_exit_code(tmp_path: pathlib.Path,
     assert "1 series failed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_on_local_cluster(sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     exe = pathlib.Path(sys.executable).with_name("ctvol")
     out = tmp_path / "c.zarr"

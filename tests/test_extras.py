@@ -75,8 +75,10 @@ def test_core_runs_without_torch_or_matplotlib(cohort: pathlib.Path) -> None:
 @pytest.mark.parametrize("args, extra", [
     (["reslice", "{store}", "-o", "{tmp}/u.zarr", "--factor", "4", "--method", "unet"],
      "torch"),
-    (["train", "{store}", "--factor", "3", "--epochs", "1", "-o", "{tmp}/m"], "torch"),
-    (["upsample", "{store}", "-o", "{tmp}/up.zarr", "--factor", "2"], "torch"),
+    pytest.param(["train", "{store}", "--factor", "3", "--epochs", "1", "-o", "{tmp}/m"],
+                 "torch", marks=pytest.mark.slow),
+    pytest.param(["upsample", "{store}", "-o", "{tmp}/up.zarr", "--factor", "2"], "torch",
+                 marks=pytest.mark.slow),
 ])
 def test_what_needs_an_extra_names_it_in_one_line(cohort: pathlib.Path, args: list[str],
                                                  extra: str) -> None:

@@ -401,6 +401,7 @@ def test_real_sample_bilinear_beats_pixel_repetition(sample_store: str) -> None:
     assert up.attrs["spacing"][1] == pytest.approx(ds.attrs["spacing"][1])
 
 
+@pytest.mark.slow
 def test_threads_and_processes_give_identical_output(tmp_path: pathlib.Path,
                                                      vol: xr.Dataset) -> None:
     """Checkpoint paths and in-memory models on worker processes (minmax: a shared range)."""

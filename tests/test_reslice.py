@@ -303,7 +303,7 @@ def test_cuda_flag_builds_lazily_and_device_resolution() -> None:
     assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu_closely() -> None:
     ds = _volume(n=3)
     model = tiny_model(3)
@@ -417,6 +417,7 @@ def _torch_threads_in_worker() -> tuple[int, int]:
     return torch.get_num_threads(), os.cpu_count() or 1
 
 
+@pytest.mark.slow
 def test_worker_torch_threads_split_the_host_between_all_its_workers() -> None:
     """Two single-threaded worker processes on one host get half the cores each
     (not all of them each: 2 x cores intra-op threads would oversubscribe)."""

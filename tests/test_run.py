@@ -89,6 +89,7 @@ def test_full_pipeline_then_rerun_skips_everything_done(cohort_dir: pathlib.Path
     assert third["evaluate"]["done"] == 6 and third["reslice"]["done"] == 0
 
 
+@pytest.mark.slow
 def test_changed_parameters_redo_the_stage(cohort_dir: pathlib.Path,
                                            tmp_path: pathlib.Path) -> None:
     ctvol.run(_config(tmp_path, cohort_dir, fmt="toml"), progress=False)
@@ -180,6 +181,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_pipeline_killed_mid_reslice_resumes(cohort_dir: pathlib.Path,
                                              tmp_path: pathlib.Path) -> None:
     ref_dir = tmp_path / "ref"
@@ -213,8 +215,9 @@ def test_pipeline_killed_mid_reslice_resumes(cohort_dir: pathlib.Path,
                                       ctvol.open_series(ref_dir / "fine.zarr", key).hu.values)
 
 
-@pytest.mark.parametrize(("code", "text"), [(errno.ENOSPC, "No space left on device"),
-                                           (errno.EACCES, "Permission denied")])
+@pytest.mark.parametrize(("code", "text"), [
+    (errno.ENOSPC, "No space left on device"),
+    pytest.param(errno.EACCES, "Permission denied", marks=pytest.mark.slow)])
 def test_output_that_cannot_take_writes_stops_with_a_clear_error(
         cohort_dir: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
         code: int, text: str) -> None:
@@ -253,6 +256,7 @@ def test_output_that_cannot_take_writes_stops_with_a_clear_error(
     assert next(s for s in summary.stages if s["stage"] == "reslice")["failed"] == 0
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_reslice_gives_the_same_output(tmp_path: pathlib.Path) -> None:
     import dask
     import xarray as xr
@@ -305,7 +309,7 @@ def _broken(n: int, seed: int) -> object:
     return ds.assign(hu=ds.hu.copy(data=ds.hu.data.map_blocks(fail, dtype=ds.hu.dtype)))
 
 
-@pytest.mark.parametrize("scheduler", ["threads", "local"])
+@pytest.mark.parametrize("scheduler", ["threads", pytest.param("local", marks=pytest.mark.slow)])
 def test_write_many_collects_failures_and_flags_only_whole_series(
         tmp_path: pathlib.Path, scheduler: str) -> None:
     from ctvol._compute import scheduler_context
@@ -325,6 +329,7 @@ def test_write_many_collects_failures_and_flags_only_whole_series(
                                       series[key].hu.values)
 
 
+@pytest.mark.slow
 def test_write_many_runs_series_concurrently_on_a_client(tmp_path: pathlib.Path) -> None:
     """On a Client the series' blocks are submitted together: with two workers,
     blocks of different series run at the same time (written one after another,

@@ -292,6 +292,7 @@ def test_segmenter_checkpoint_loaded_once_per_process(tmp_path: pathlib.Path,
         load_segmenter(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_threads_and_processes_give_identical_output(tmp_path: pathlib.Path) -> None:
     import dask
     import torch
@@ -435,7 +436,7 @@ def test_cuda_flag_builds_lazily_and_device_resolution(tmp_path: pathlib.Path) -
         ctvol.shift_interleave(ds, bone, 3, device="cuda")
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu_closely(tmp_path: pathlib.Path) -> None:
     save_segmenter(tiny_segmenter(), tmp_path / "seg")
     ds = _volume(chunks=3)

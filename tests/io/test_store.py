@@ -122,6 +122,7 @@ def test_root_summary_is_json(phantom_store: tuple[str, str, np.ndarray]) -> Non
     assert summary["n_files"] == 40 and summary["n_series"] == 1
 
 
+@pytest.mark.slow
 def test_distributed_workers_write_every_value(tmp_path: pathlib.Path) -> None:
     """Several worker processes write shards of one series concurrently."""
     from distributed import Client, LocalCluster
