@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._engine import Kind, check_out, fit, start
@@ -207,8 +207,9 @@ def train(
 
     if select not in ("loss", "psnr"):
         raise ValueError(f"select must be 'loss' or 'psnr', got {select!r}")
-    losses = {"l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
-              "l1+ssim": l1_ssim_loss}
+    losses: dict[str, Callable[[Any, Any], Any]] = {
+        "l1": torch.nn.functional.l1_loss, "mse": torch.nn.functional.mse_loss,
+        "l1+ssim": l1_ssim_loss}
     if loss not in losses:
         raise ValueError(f"loss must be one of {sorted(losses)}, got {loss!r}")
     if not 0.0 <= body_fraction <= 1.0:
