@@ -66,12 +66,14 @@ class _Source:
     store: str | None        # the cohort store, or None for an in-memory volume
     data: Any = None         # the volume itself when store is None
     zsel: slice | None = None  # the contiguous slice range asked for
+    storage_options: Mapping[str, Any] | None = None  # fsspec options for a URL store
 
     def open(self) -> tuple[xr.Dataset, int]:
         """The (selected) series, lazy, and the index of its first slice."""
         from .io.store import open_series
 
-        ds = self.data if self.store is None else open_series(self.store, self.key)
+        ds = self.data if self.store is None else open_series(
+            self.store, self.key, storage_options=self.storage_options)
         if self.zsel is None:
             return ds, 0
         start, stop, _ = self.zsel.indices(ds.sizes["z"])
@@ -159,14 +161,16 @@ class EvaluationReport:
 
         return markdown(self)
 
-    def save(self, path: str | os.PathLike[str], *, figures: bool = True) -> Any:
+    def save(self, path: str | os.PathLike[str], *, figures: bool = True,
+             storage_options: Mapping[str, Any] | None = None) -> Any:
         """Write ``report.json``, ``report.md`` and ``figures/*.png`` into ``path``.
 
-        Returns the folder (``pathlib.Path``).
+        ``path`` may be an fsspec URL (``s3://bucket/report``, with
+        ``storage_options``). Returns the folder (``pathlib.Path``; a URL as given).
         """
         from ._report import save
 
-        return save(self, path, figures=figures)
+        return save(self, path, figures=figures, storage_options=storage_options)
 
 
 def paired_t(n: int, mean: float, sd: float) -> tuple[float | None, float | None]:
@@ -243,7 +247,8 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
     return out
 
 
-def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
+def _sources(data: Any, series: Any, storage_options: Mapping[str, Any] | None = None
+             ) -> tuple[list[_Source], str | None]:
     """The series to evaluate (checked, not opened) and the store path."""
     import xarray as xr
 
@@ -256,7 +261,7 @@ def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
         store = None
     else:
         store = os.fspath(data)
-        keys = list_series(store)
+        keys = list_series(store, storage_options=storage_options)
         if isinstance(series, Mapping):
             sel = dict(series)
             wanted = list(sel)
@@ -268,8 +273,9 @@ def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
         known = set(keys)
         for k in wanted:
             if k not in known:
-                open_series(store, k)  # raises, naming the key and the ones that exist
-        found = [_Source(k, store) for k in wanted]
+                # raises, naming the key and the ones that exist
+                open_series(store, k, storage_options=storage_options)
+        found = [_Source(k, store, storage_options=storage_options) for k in wanted]
         if not found:
             raise ValueError(f"{store} holds no complete series to evaluate")
     out = []
@@ -281,7 +287,7 @@ def _sources(data: Any, series: Any) -> tuple[list[_Source], str | None]:
         if not isinstance(zsel, slice) or zsel.step not in (None, 1):
             raise ValueError(f"series {src.key!r}: give a contiguous slice(start, stop), "
                              f"got {zsel!r}")
-        out.append(_Source(src.key, src.store, src.data, zsel))
+        out.append(_Source(src.key, src.store, src.data, zsel, src.storage_options))
     return out, store
 
 
@@ -335,6 +341,7 @@ def evaluate(
     batch_size: int = 16,
     device: str | None = None,
     window: tuple[float, float] = HU_WINDOW,
+    storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvaluationReport:
     """Evaluate inter-slice generation against the real slices it replaces.
@@ -367,6 +374,9 @@ def evaluate(
         Passed to :func:`ctvol.reslice`.
     window : (low, high), default (-1024, 1024)
         HU window mapped to [0, 1]; metrics use data range 1.0.
+    storage_options : mapping, optional
+        fsspec options for a store given as a URL (``s3://...``), as for
+        :func:`ctvol.open_series`.
     progress : bool, default False
         Progress bar while per-slice metrics are computed.
 
@@ -408,7 +418,7 @@ def evaluate(
             else tuple(m for m in METHODS if m != "unet")
     methods = _check_methods(methods)
     models = _resolve_models(model, factors, methods)
-    sources, store = _sources(data, series)
+    sources, store = _sources(data, series, storage_options)
     size = _series_window()
     # Cases and skips are numbered (factor, stride, series) so that, built
     # window by window, the report lists them in that order.

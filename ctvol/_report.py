@@ -18,7 +18,7 @@ import math
 import os
 import pathlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -444,8 +444,25 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def save(rep: EvaluationReport, path: str | os.PathLike[str], *,
-         figures: bool = True) -> pathlib.Path:
+def save(rep: EvaluationReport, path: str | os.PathLike[str], *, figures: bool = True,
+         storage_options: Mapping[str, Any] | None = None) -> pathlib.Path | str:
+    """Write the report into a folder, or under an fsspec URL (returned as given)."""
+    url = os.fspath(path)
+    if "://" in url:
+        # pathlib would turn "s3://b/r" into a local folder "s3:/b/r": write the
+        # files locally, then upload each one under the URL
+        import tempfile
+
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        with tempfile.TemporaryDirectory() as tmp:
+            save(rep, tmp, figures=figures)
+            for local in sorted(pathlib.Path(tmp).rglob("*")):
+                if local.is_file():
+                    fs.put_file(str(local), f"{root.rstrip('/')}/"
+                                            f"{local.relative_to(tmp).as_posix()}")
+        return url
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if figures:
