@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -299,7 +300,8 @@ def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str |
     # coordinate writes): series are created in parallel, and each one's
     # shards wait only for their own group.
     key = dask.delayed(st.begin_series, pure=False)(
-        url, plan, history=history, compressor=compressor, storage_options=storage_options)
+        url, plan, history=history, compressor=compressor, storage_options=storage_options,
+        write_id=uuid.uuid4().hex)  # run twice (a worker lost), it keeps the shards written
     blocks = [
         dask.delayed(st.write_slices, pure=False)(
             url, key, z0, plan.headers[z0 : z0 + st.SHARD_SLICES], padding_fill=padding_fill,
