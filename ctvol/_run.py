@@ -449,8 +449,10 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     """
     import warnings
 
+    from distributed import KilledWorker
+
     from ._compute import choose_scheduler, scheduler_context
-    from .errors import CtvolWarning
+    from .errors import CtvolError, CtvolWarning
 
     cfg = load_config(config)
     spec = choose_scheduler(scheduler or cfg.get("scheduler") or "auto", _job_size(cfg))
@@ -465,7 +467,16 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
             # slices) go into the summary; only this thread enters the block.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", CtvolWarning)
-                runners[stage](cfg, summary, progress)
+                try:
+                    runners[stage](cfg, summary, progress)
+                except KilledWorker as exc:  # not a bug of ctvol's nor of the data's
+                    raise CtvolError(
+                        f"the {stage} stage stopped: worker processes died on each of "
+                        f"{getattr(exc, 'allowed_failures', 0) + 1} tries of task "
+                        f"{getattr(exc, 'task', '?')!r} (dask KilledWorker: out of memory "
+                        "or a crash; the worker logs say which). Complete series are kept "
+                        "and none is visible half-written: re-run the same config to resume"
+                    ) from exc
             summary.warnings += [f"{stage}: {w.message}" for w in caught
                                  if issubclass(w.category, CtvolWarning)]
             for w in caught:  # anything else is shown as usual
