@@ -429,8 +429,8 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     config : path to a .yaml/.toml file, or a mapping
         ``inputs``, ``store``, optional ``stages``, ``scheduler``, ``workers``,
         ``storage_options`` (fsspec options for the store and stage outputs
-        given as URLs, e.g. ``s3://``) and one table per stage (``ingest``, ``curate``, ``reslice``,
-        ``evaluate``) with that stage's options.
+        given as URLs, e.g. ``s3://``) and one table per stage (``ingest``,
+        ``curate``, ``reslice``, ``evaluate``) with that stage's options.
     scheduler : str, optional
         Overrides the config: ``"auto"`` (the default: threads for a small
         job, a LocalCluster for a large one; ``docs/cluster.md``), ``"local"``
