@@ -12,7 +12,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from .errors import OptionError
@@ -180,7 +180,7 @@ def default_in_flight() -> int:
 
 def compute_bounded(items: Iterable[Any], *, in_flight: int, progress: bool = False,
                     total: int | None = None, what: str = "items",
-                    errors: str = "raise") -> Iterator[tuple[int, Any]]:
+                    errors: str = "raise") -> Generator[tuple[int, Any], None, None]:
     """Compute dask objects drawn lazily from ``items``, at most ``in_flight`` at once.
 
     ``items`` is advanced only when a slot frees, so a generator that builds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -235,8 +236,16 @@ def ingest(
     if progress and to_write:
         print(f"ctvol ingest: pixels ({len(to_write)} series)", flush=True)
     done = compute_bounded(writes(), in_flight=default_in_flight(), progress=progress,
-                           total=len(to_write), what="ctvol ingest: series written")
-    results = {r["key"]: r for _, r in done}
+                           total=len(to_write), what="ctvol ingest: series written",
+                           errors="return")
+    results = {}
+    try:
+        for i, r in done:
+            if isinstance(r, BaseException):
+                r = _write_failed(r, url, to_write[i].key)  # raises unless a worker died
+            results[r["key"]] = r
+    finally:
+        done.close()  # a raise above cancels the series still in flight
 
     for plan in plans:
         for w in plan.warnings:
@@ -259,6 +268,28 @@ def ingest(
     )
 
 
+def _write_failed(exc: BaseException, url: str, key: str) -> dict[str, Any]:
+    """A series whose write graph raised: a store that cannot take writes (disk full,
+    permissions) stops the ingest with StoreWriteError naming the series; worker
+    processes dying on it (a crash or out of memory while decoding) fail only that
+    series, recorded with the reason; anything else is raised as it is."""
+    from .io._write import WRITE_ERRNOS, write_error
+
+    if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+        raise write_error(exc, url, key) from exc
+    from distributed import KilledWorker
+
+    if not isinstance(exc, KilledWorker):
+        raise exc
+    tries = getattr(exc, "allowed_failures", 0) + 1
+    return {"key": key, "ok": False, "path": "",
+            "error": f"the worker process writing series {key} died on each of {tries} "
+                     f"tries (dask KilledWorker, task {getattr(exc, 'task', '?')!r}); "
+                     "re-run to retry it: if it dies again, a file of this series crashes "
+                     "the decoder or the series needs more memory than a worker has "
+                     "(the worker logs say which)"}
+
+
 def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str | Any,
                   padding_fill: int | None, storage_options: dict[str, Any] | None) -> Any:
     """One series' write graph: create its group, write its shards, flag it complete."""
@@ -271,7 +302,8 @@ def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str |
     # coordinate writes): series are created in parallel, and each one's
     # shards wait only for their own group.
     key = dask.delayed(iw.begin_series, pure=False)(
-        url, plan, history=history, compressor=compressor, storage_options=storage_options)
+        url, plan, history=history, compressor=compressor, storage_options=storage_options,
+        write_id=uuid.uuid4().hex)  # run twice (a worker lost), it keeps the shards written
     blocks = [
         dask.delayed(iw.write_slices, pure=False)(
             url, key, z0, plan.headers[z0 : z0 + lay.SHARD_SLICES], padding_fill=padding_fill,

@@ -95,12 +95,27 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
 
 def begin_series(
     store: str, plan: SeriesPlan, *, history: str, compressor: str | Any = "lz4",
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None, write_id: str | None = None,
 ) -> str:
     """Create (or replace) a series group: metadata and coords, no pixels, no flag.
 
     Returns the series key, so that Dask tasks writing its pixels depend on it.
+    ``write_id`` (unique to one write of the series) makes the task safe to run
+    twice: when a worker dies holding this task's result, Dask runs it again
+    while the series' finished pixel writes keep theirs, and replacing the group
+    then would delete those shards under a series that is later flagged
+    complete. A group already carrying the same ``write_id`` is left as it is.
     """
+    if write_id is not None:
+        import zarr
+
+        try:
+            group = zarr.open_group(store_url(store), path=f"series/{plan.key}", mode="r",
+                                    storage_options=dict(storage_options or {}) or None)
+            if group.attrs.get("ctvol_write_id") == write_id:
+                return plan.key
+        except FileNotFoundError:  # zarr's GroupNotFoundError: a new series
+            pass
     ds = series_dataset(plan, history=history)
     n, rows, cols = plan.shape
     per_slice = {"chunks": (SHARD_SLICES,)}
@@ -117,6 +132,9 @@ def begin_series(
         store_url(store), group=f"series/{plan.key}", mode="w", zarr_format=3, consolidated=False,
         compute=False, encoding=encoding, storage_options=dict(storage_options or {}) or None,
     )
+    if write_id is not None:  # once the group is whole; removed when flagged complete
+        open_root(store, "r+", storage_options)[f"series/{plan.key}"].attrs[
+            "ctvol_write_id"] = write_id
     return plan.key
 
 
@@ -176,6 +194,8 @@ def finish_series(
         return {"key": key, "ok": False, "path": failed[0]["path"], "error": failed[0]["error"]}
     group = root[f"series/{key}"]
     rounding = max((r["rounding"] for r in results), default=0.0)
-    group.attrs.update({"max_rounding_error_hu": rounding})
+    attrs = dict(group.attrs)
+    attrs.pop("ctvol_write_id", None)
+    group.attrs.put({**attrs, "max_rounding_error_hu": rounding})
     group.attrs["complete"] = True  # last: the series becomes visible
     return {"key": key, "ok": True, "n": sum(r["n"] for r in results), "rounding": rounding}

@@ -25,7 +25,7 @@ STAGES = ("ingest", "curate", "reslice", "evaluate")
 #: Top-level keys and the types they take (stage tables: ctvol._options.OPTIONS).
 _TOP: dict[str, tuple[type, ...]] = {
     "inputs": (str, list), "store": (str,), "stages": (list,), "scheduler": (str,),
-    "workers": (int,), **dict.fromkeys(STAGES, (dict,)),
+    "workers": (int,), "storage_options": (dict,), **dict.fromkeys(STAGES, (dict,)),
 }
 
 
@@ -68,6 +68,8 @@ def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> 
                 not isinstance(value, types) or isinstance(value, bool)):
             want = " or ".join({"str": "a string", "list": "a list", "int": "an integer",
                                 "dict": "a table"}[t.__name__] for t in types)
+            if key == "storage_options":
+                want += " of fsspec options (e.g. {client_kwargs: {endpoint_url: URL}})"
             raise ConfigError(f"{where}: `{key}` must be {want}, got {value!r}")
     stages = cfg.get("stages") or [s for s in STAGES if s in cfg]
     bad = [s for s in stages if s not in STAGES]
@@ -104,6 +106,11 @@ def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> 
         if isinstance(m, str) and (base / m).exists():  # else a bundled name such as unet-x3
             cfg[stage]["model"] = local(m)
     return cfg
+
+
+def _so(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """fsspec options for every store and output given as a URL (``storage_options``)."""
+    return dict(cfg.get("storage_options") or {}) or None
 
 
 @dataclass
@@ -170,7 +177,8 @@ def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
     from ._ingest import ingest
 
     opts = cfg["ingest"]
-    rep = ingest(cfg["inputs"], cfg["store"], progress=progress, **opts)
+    rep = ingest(cfg["inputs"], cfg["store"], progress=progress,
+                       storage_options=_so(cfg), **opts)
     slices = 0
     for _, row in rep.series.iterrows():
         key = row.get("key")
@@ -189,15 +197,18 @@ def _stage_curate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
     from .curation import curate_store
     from .io.store import list_series, open_series
 
-    keys = list_series(cfg["store"])
-    todo = [k for k in keys if "label" not in open_series(cfg["store"], k).data_vars]
+    so = _so(cfg)
+    keys = list_series(cfg["store"], storage_options=so)
+    todo = [k for k in keys
+            if "label" not in open_series(cfg["store"], k, storage_options=so).data_vars]
     for k in sorted(set(keys) - set(todo)):
         summary.series.append({"stage": "curate", "series": k, "status": "skipped",
                                "reason": "labels already stored"})
     slices = 0
     if todo:
         opts = dict(cfg["curate"])
-        table = curate_store(cfg["store"], keys=todo, progress=progress, **opts)
+        table = curate_store(cfg["store"], keys=todo, progress=progress,
+                                   storage_options=so, **opts)
         for _, row in table.iterrows():
             summary.series.append({"stage": "curate", "series": row["key"], "status": "done",
                                    "reason": row.get("note") or ""})
@@ -243,17 +254,19 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     compressor = opts.pop("compressor", "lz4")
     params = _reslice_params(opts)
     curated = "curate" in cfg["stages"]
+    so = _so(cfg)
     done_before = {}
     try:
-        for k in list_series(out):
-            done_before[k] = open_series(out, k).attrs.get("ctvol_run", {})
+        for k in list_series(out, storage_options=so):
+            done_before[k] = open_series(out, k, storage_options=so).attrs.get(
+                "ctvol_run", {})
     except (FileNotFoundError, CtvolError):
         pass
 
     def resliced(key: str, ds: Any = None) -> tuple[int, Any]:
         """The series' input length and its resliced volume (lazy), stamped."""
         if ds is None:
-            ds = open_series(cfg["store"], key)
+            ds = open_series(cfg["store"], key, storage_options=so)
         if curated and "label" in ds.data_vars:
             kept = curate(ds)  # the longest non-blank run (split=False)
             assert not isinstance(kept, list)
@@ -279,8 +292,8 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     decisions: dict[str, tuple[str, dict[str, Any], str]] = {}
     stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for key in list_series(cfg["store"]):
-        ds = open_series(cfg["store"], key)
+    for key in list_series(cfg["store"], storage_options=so):
+        ds = open_series(cfg["store"], key, storage_options=so)
         stamps[key] = {"source_sop_digest": ds.attrs.get("sop_digest"), "curated": curated,
                        "reslice": params}
         if done_before.get(key) == stamps[key]:
@@ -303,7 +316,7 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     # permissions) stops the run; any other failure skips only its series.
     todo = _OnDemand(list(sizes), lambda key: resliced(key)[1])
     outcome = write_many(todo, out, compressor=compressor, progress=progress,
-                               errors="collect")
+                               errors="collect", storage_options=so)
     for key, err in outcome.items():
         if err is not None:
             summary.series.append({"stage": "reslice", "series": key, "status": "failed",
@@ -331,9 +344,9 @@ def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
     from .io.store import list_series, open_series
     from .models import load_model
 
-    store = cfg["store"]
-    sources = {k: open_series(store, k).attrs.get("sop_digest")
-               for k in list_series(store)}
+    store, so = cfg["store"], _so(cfg)
+    sources = {k: open_series(store, k, storage_options=so).attrs.get("sop_digest")
+               for k in list_series(store, storage_options=so)}
     model = cfg["evaluate"].get("model")
     models: Any = __version__
     if model is not None:
@@ -347,6 +360,8 @@ def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
 def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
     import json
 
+    import fsspec
+
     from .evaluation import evaluate
 
     opts = dict(cfg["evaluate"])
@@ -354,9 +369,12 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
     figures = opts.pop("figures", True)
     factor = opts.pop("factor", 3)
     stamp = _evaluate_stamp(cfg)
-    report = pathlib.Path(out) / "report.json"
+    so = _so(cfg)
+    # the output may be a URL (s3://...): the report is read and stamped through fsspec
+    report = f"{str(out).rstrip('/')}/report.json"
     try:
-        previous = json.loads(report.read_text()).get("ctvol_run")
+        with fsspec.open(report, "r", **(so or {})) as fh:
+            previous = json.loads(fh.read()).get("ctvol_run")
     except (OSError, ValueError):
         previous = None
     if previous == stamp:  # the same series, options and models: the report stands
@@ -366,11 +384,13 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
                                              "models)"})
         summary.stages[-1]["note"] = f"unchanged: {report}"
         return
-    rep = evaluate(cfg["store"], factor, progress=progress, **opts)
-    rep.save(out, figures=figures)
-    doc = json.loads(report.read_text())
+    rep = evaluate(cfg["store"], factor, progress=progress, storage_options=so, **opts)
+    rep.save(out, figures=figures, storage_options=so)
+    with fsspec.open(report, "r", **(so or {})) as fh:
+        doc = json.loads(fh.read())
     doc["ctvol_run"] = stamp  # what this report was computed from (see above)
-    report.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    with fsspec.open(report, "w", **(so or {})) as fh:
+        fh.write(json.dumps(doc, indent=1, allow_nan=False))
     for d in rep.info["data"]["skipped"]:
         summary.series.append({"stage": "evaluate", "series": d["series"], "status": "skipped",
                                "reason": f"x{d['factor']}: {d['reason']}"})
@@ -400,9 +420,10 @@ def _job_size(cfg: dict[str, Any]) -> int | None:
                 return None
             n += 1 if os.path.isfile(p) else sum(len(f) for _, _, f in os.walk(p))
         return n
+    so = _so(cfg)
     try:
-        return sum(int(open_series(cfg["store"], k).sizes["z"])
-                   for k in list_series(cfg["store"]))
+        return sum(int(open_series(cfg["store"], k, storage_options=so).sizes["z"])
+                   for k in list_series(cfg["store"], storage_options=so))
     except (CtvolError, OSError):
         return None
 
@@ -414,9 +435,10 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     Parameters
     ----------
     config : path to a .yaml/.toml file, or a mapping
-        ``inputs``, ``store``, optional ``stages``, ``scheduler``, ``workers``
-        and one table per stage (``ingest``, ``curate``, ``reslice``,
-        ``evaluate``) with that stage's options.
+        ``inputs``, ``store``, optional ``stages``, ``scheduler``, ``workers``,
+        ``storage_options`` (fsspec options for the store and stage outputs
+        given as URLs, e.g. ``s3://``) and one table per stage (``ingest``,
+        ``curate``, ``reslice``, ``evaluate``) with that stage's options.
     scheduler : str, optional
         Overrides the config: ``"auto"`` (the default: threads for a small
         job, a LocalCluster for a large one; ``docs/cluster.md``), ``"local"``
@@ -435,8 +457,10 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     """
     import warnings
 
+    from distributed import KilledWorker
+
     from ._compute import choose_scheduler, scheduler_context
-    from .errors import CtvolWarning
+    from .errors import CtvolError, CtvolWarning
 
     cfg = load_config(config)
     spec = choose_scheduler(scheduler or cfg.get("scheduler") or "auto", _job_size(cfg))
@@ -451,7 +475,16 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
             # slices) go into the summary; only this thread enters the block.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", CtvolWarning)
-                runners[stage](cfg, summary, progress)
+                try:
+                    runners[stage](cfg, summary, progress)
+                except KilledWorker as exc:  # not a bug of ctvol's nor of the data's
+                    raise CtvolError(
+                        f"the {stage} stage stopped: worker processes died on each of "
+                        f"{getattr(exc, 'allowed_failures', 0) + 1} tries of task "
+                        f"{getattr(exc, 'task', '?')!r} (dask KilledWorker: out of memory "
+                        "or a crash; the worker logs say which). Complete series are kept "
+                        "and none is visible half-written: re-run the same config to resume"
+                    ) from exc
             summary.warnings += [f"{stage}: {w.message}" for w in caught
                                  if issubclass(w.category, CtvolWarning)]
             for w in caught:  # anything else is shown as usual

@@ -568,3 +568,34 @@ def test_hidden_files_and_folders_are_read(tmp_path: pathlib.Path) -> None:
     files = report.files.set_index("path")
     assert files.loc[str(d / ".DS_Store"), "reason"] == "not-dicom"
     assert (files["status"] == "stored").sum() == 6
+
+
+def test_disk_full_while_writing_pixels_names_the_series_and_a_rerun_completes(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on the threads scheduler (tests/test_run_faults.py raises it inside
+    worker processes): StoreWriteError naming the store, the series and the path;
+    the series stays invisible; a re-run writes it."""
+    import errno
+
+    import zarr.storage
+
+    from ctvol.errors import StoreWriteError
+
+    hu = head_phantom((8, 32, 32), seed=7)
+    write_dicom_series(tmp_path / "d", hu)
+    store = tmp_path / "c.zarr"
+    original = zarr.storage.LocalStore.set
+
+    async def full(self: object, key: str, value: object) -> None:
+        if "/hu/c/" in key:
+            raise OSError(errno.ENOSPC, "No space left on device", f"{store}/{key}")
+        await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full)
+    with pytest.raises(StoreWriteError, match=r"cannot write series (\S+) into .*c\.zarr: No "
+                                              r"space left on device \(.*/series/\1/hu/c/"):
+        ctvol.ingest(tmp_path / "d", store)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", original)
+    assert ctvol.list_series(store) == []
+    report = ctvol.ingest(tmp_path / "d", store)
+    np.testing.assert_array_equal(ctvol.open_series(store, report.written[0]).hu.values, hu)

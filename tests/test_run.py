@@ -137,6 +137,8 @@ def test_one_bad_series_never_fails_the_cohort(cohort_dir: pathlib.Path, tmp_pat
     ("store: c.zarr\nreslice: {factor: 3}\n", r"\[reslice\] needs `output`"),
     ("store: c.zarr\nreslice: {output: f, factor: 3, spacing: 1}\n", "exactly one of"),
     ("store: c.zarr\nevaluate: {output: r, colour: red}\n", r"unknown option\(s\) \['colour'\]"),
+    ("store: s3://b/c.zarr\nstorage_options: anon\n",
+     r"`storage_options` must be a table of fsspec options"),
 ])
 def test_config_errors(tmp_path: pathlib.Path, text: str, match: str) -> None:
     cfg = tmp_path / "p.yaml"

@@ -99,7 +99,8 @@ def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> d
     return out
 
 
-def _sources(data: Any, series: Any) -> tuple[list[Source], str | None]:
+def _sources(data: Any, series: Any, storage_options: Mapping[str, Any] | None = None
+             ) -> tuple[list[Source], str | None]:
     """The series to evaluate (checked, not opened) and the store path."""
     import xarray as xr
 
@@ -112,7 +113,7 @@ def _sources(data: Any, series: Any) -> tuple[list[Source], str | None]:
         store = None
     else:
         store = os.fspath(data)
-        keys = list_series(store)
+        keys = list_series(store, storage_options=storage_options)
         if isinstance(series, Mapping):
             sel = dict(series)
             wanted = list(sel)
@@ -124,8 +125,9 @@ def _sources(data: Any, series: Any) -> tuple[list[Source], str | None]:
         known = set(keys)
         for k in wanted:
             if k not in known:
-                open_series(store, k)  # raises, naming the key and the ones that exist
-        found = [Source(k, store) for k in wanted]
+                # raises, naming the key and the ones that exist
+                open_series(store, k, storage_options=storage_options)
+        found = [Source(k, store, storage_options=storage_options) for k in wanted]
         if not found:
             raise DataError(f"{store} holds no complete series to evaluate")
     out = []
@@ -137,7 +139,7 @@ def _sources(data: Any, series: Any) -> tuple[list[Source], str | None]:
         if not isinstance(zsel, slice) or zsel.step not in (None, 1):
             raise OptionError(f"series {src.key!r}: give a contiguous slice(start, stop), "
                              f"got {zsel!r}")
-        out.append(Source(src.key, src.store, src.data, zsel))
+        out.append(Source(src.key, src.store, src.data, zsel, src.storage_options))
     return out, store
 
 
@@ -191,6 +193,7 @@ def evaluate(
     batch_size: int = 16,
     device: str | None = None,
     window: tuple[float, float] = HU_WINDOW,
+    storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvaluationReport:
     """Evaluate inter-slice generation against the real slices it replaces.
@@ -223,6 +226,9 @@ def evaluate(
         Passed to :func:`ctvol.reslice`.
     window : (low, high), default (-1024, 1024)
         HU window mapped to [0, 1]; metrics use data range 1.0.
+    storage_options : mapping, optional
+        fsspec options for a store given as a URL (``s3://...``), as for
+        :func:`ctvol.open_series`.
     progress : bool, default False
         Progress bar while per-slice metrics are computed.
 
@@ -266,7 +272,7 @@ def evaluate(
             else tuple(m for m in METHODS if m != "unet")
     methods = _check_methods(methods)
     models = _resolve_models(model, factors, methods)
-    sources, store = _sources(data, series)
+    sources, store = _sources(data, series, storage_options)
     size = _series_window()
     # Cases and skips are numbered (factor, stride, series) so that, built
     # window by window, the report lists them in that order.

@@ -19,7 +19,7 @@ import os
 import pathlib
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,12 +78,14 @@ class EvaluationReport:
         """``report.md``: Table 2 layout per convention with p-values, then per-series rows."""
         return markdown(self)
 
-    def save(self, path: str | os.PathLike[str], *, figures: bool = True) -> Any:
+    def save(self, path: str | os.PathLike[str], *, figures: bool = True,
+             storage_options: Mapping[str, Any] | None = None) -> Any:
         """Write ``report.json``, ``report.md`` and ``figures/*.png`` into ``path``.
 
-        Returns the folder (``pathlib.Path``).
+        ``path`` may be an fsspec URL (``s3://bucket/report``, with
+        ``storage_options``). Returns the folder (``pathlib.Path``; a URL as given).
         """
-        return save(self, path, figures=figures)
+        return save(self, path, figures=figures, storage_options=storage_options)
 
 
 def _moment_graph(x: Any) -> tuple[Any, ...]:
@@ -488,8 +490,25 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def save(rep: EvaluationReport, path: str | os.PathLike[str], *,
-         figures: bool = True) -> pathlib.Path:
+def save(rep: EvaluationReport, path: str | os.PathLike[str], *, figures: bool = True,
+         storage_options: Mapping[str, Any] | None = None) -> pathlib.Path | str:
+    """Write the report into a folder, or under an fsspec URL (returned as given)."""
+    url = os.fspath(path)
+    if "://" in url:
+        # pathlib would turn "s3://b/r" into a local folder "s3:/b/r": write the
+        # files locally, then upload each one under the URL
+        import tempfile
+
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        with tempfile.TemporaryDirectory() as tmp:
+            save(rep, tmp, figures=figures)
+            for local in sorted(pathlib.Path(tmp).rglob("*")):
+                if local.is_file():
+                    fs.put_file(str(local), f"{root.rstrip('/')}/"
+                                            f"{local.relative_to(tmp).as_posix()}")
+        return url
     folder = pathlib.Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     if figures and not available("matplotlib"):

@@ -5,7 +5,7 @@ evaluated case, and the paired t-test."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +46,14 @@ class Source:
     store: str | None        # the cohort store, or None for an in-memory volume
     data: Any = None         # the volume itself when store is None
     zsel: slice | None = None  # the contiguous slice range asked for
+    storage_options: Mapping[str, Any] | None = None  # fsspec options for a URL store
 
     def open(self) -> tuple[xr.Dataset, int]:
         """The (selected) series, lazy, and the index of its first slice."""
         from ..io.store import open_series
 
-        ds = self.data if self.store is None else open_series(self.store, self.key)
+        ds = self.data if self.store is None else open_series(
+            self.store, self.key, storage_options=self.storage_options)
         if self.zsel is None:
             return ds, 0
         start, stop, _ = self.zsel.indices(ds.sizes["z"])

@@ -158,6 +158,10 @@ def open_store(
     try:
         root = open_root(url, "r+" if not create else "a", storage_options)
     except (GroupNotFoundError, FileNotFoundError) as exc:
+        if create:  # a URL whose bucket (or container) does not exist
+            raise StoreWriteError(
+                f"cannot create the cohort store {url}: {exc}; create the bucket first, or "
+                "check the URL and its storage_options (endpoint, credentials)") from exc
         raise StoreNotFoundError(f"no cohort store at {url}; create one with ctvol.ingest") from exc
     except (zarr.errors.ContainsArrayError, ValueError) as exc:
         raise StoreError(f"{url} is not a ctvol cohort store: {exc}") from exc

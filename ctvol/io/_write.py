@@ -30,7 +30,7 @@ from ._layout import SHARD_SLICES, hu_codec, open_root, open_store, store_url
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["write", "write_block", "write_group", "write_many"]
+__all__ = ["WRITE_ERRNOS", "write", "write_block", "write_error", "write_group", "write_many"]
 
 
 def write_block(block: np.ndarray, *, store: str, path: str,
@@ -90,9 +90,9 @@ def write(
     try:
         compute([done], progress=progress)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        raise _write_error(exc, store, key) from exc
+        raise write_error(exc, store, key) from exc
     _mark_complete(store, key, storage_options)
     return key
 
@@ -155,8 +155,8 @@ def write_many(
                            storage_options=storage_options, root=root)
 
     def failed(key: str, exc: BaseException) -> None:
-        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            raise _write_error(exc, store, key) from exc
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_error(exc, store, key) from exc
         if errors == "raise" or not isinstance(exc, Exception):
             raise exc
         outcome[key] = exc
@@ -197,9 +197,9 @@ def _writable_root(store: str | os.PathLike[str], key: str,
         root = open_store(store, create=True, storage_options=storage_options)
         root.require_group("series")
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        raise _write_error(exc, store, key) from exc
+        raise write_error(exc, store, key) from exc
     return root
 
 
@@ -208,9 +208,9 @@ def _mark_complete(store: str | os.PathLike[str], key: str,
     try:
         open_root(store_url(store), "r+", storage_options)[f"series/{key}"].attrs["complete"] = True
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        raise _write_error(exc, store, key) from exc
+        raise write_error(exc, store, key) from exc
 
 
 def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
@@ -253,9 +253,9 @@ def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
                          consolidated=False, compute=False, encoding=encoding,
                          storage_options=so)
     except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        raise _write_error(exc, store, key) from exc
+        raise write_error(exc, store, key) from exc
     # ... then pixels block by block, each task writing its own whole shards. A
     # map_blocks layer (not to_zarr's finalised graph) keeps upstream task
     # annotations, e.g. reslice's GPU resource, intact (dask/dask#7036).
@@ -268,10 +268,10 @@ def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
 
 #: Write failures that mean "the output cannot take this": disk full, quota,
 #: permission denied, read-only file system.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _write_error(exc: OSError, store: str | os.PathLike[str], key: str) -> Exception:
+def write_error(exc: OSError, store: str | os.PathLike[str], key: str) -> Exception:
 
     what = exc.strerror or str(exc)
     where = f" ({exc.filename})" if exc.filename else ""
