@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/ctvol info $(FINE_AUTO)
 	# The bundled sample is the phantom's test block: no bundled model trained on
 	# or was selected on these slices (tests/test_evaluate.py checks it).
-	$(BIN)/ctvol evaluate $(OUT) --factor 4 5 -o $(REPORT) --scheduler threads -q
+	$(BIN)/ctvol evaluate $(OUT) --factor 3 4 5 -o $(REPORT) --scheduler threads -q
 
 test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ PSNR), ``test`` blocks choose nothing and give the model cards' figures.
 
     python pipelines/default_models.py ingest WORK            # WORK/train.zarr
     python pipelines/default_models.py train WORK 3           # WORK/x3_l1 (resumable)
+    python pipelines/default_models.py train WORK 3 --recipe l1+ssim   # WORK/x3_ssim from x3_l1/best
     python pipelines/default_models.py evaluate WORK 3 MODEL [--split test|val] [-o JSON]
     python pipelines/default_models.py bundle WORK 3 MODEL TEST_JSON   # -> ctvol/models/bundled
 
@@ -19,7 +20,10 @@ PSNR), ``test`` blocks choose nothing and give the model cards' figures.
         --blocks pipelines/default_models.json --body-fraction 0.5 --loss l1 [--resume]
 
 (one torch thread: ``OMP_NUM_THREADS=1``), stopped by hand; its ``best/``
-is the epoch with the highest PSNR on the ``val`` blocks. ``evaluate`` runs
+is the epoch with the highest PSNR on the ``val`` blocks. ``--recipe l1+ssim``
+continues from that ``best/`` with the SSIM loss (``--init WORK/xK_l1/best --lr 3e-4
+--loss l1+ssim``, otherwise the same options) into ``WORK/xK_ssim``: the recipe
+chosen for x3 on the val blocks (docs/training.md). ``evaluate`` runs
 ``ctvol.evaluate`` on each series' ``test`` (or ``val``) block with the
 methods linear, unet and auto and prints, per series, mean PSNR / SSIM of
 each method, the paired differences against linear with their p-values, and
@@ -51,13 +55,15 @@ def ingest(work: pathlib.Path) -> None:
     print(rep.series.to_string(index=False))
 
 
-def train(work: pathlib.Path, k: int, extra: list[str]) -> None:
-    out = work / f"x{k}_l1"
+def train(work: pathlib.Path, k: int, extra: list[str], recipe: str = "l1") -> None:
+    out = work / (f"x{k}_l1" if recipe == "l1" else f"x{k}_ssim")
+    stage = (["--loss", "l1"] if recipe == "l1" else
+             ["--loss", "l1+ssim", "--init", str(work / f"x{k}_l1" / "best"), "--lr", "3e-4"])
     cmd = [sys.executable, "-m", "ctvol.cli", "train", str(work / "train.zarr"),
            "--factor", str(k), "--epochs", "400", "-o", str(out), "--output-kind", "residual",
            "--crop", "128", "--batch-size", "8", "--max-windows", "400", "--seed", "0",
            "--select", "psnr", "--blocks", str(BLOCKS), "--body-fraction", "0.5",
-           "--loss", "l1", *extra]
+           *stage, *extra]
     if (out / "last" / "config.json").exists():
         cmd.append("--resume")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -151,8 +157,14 @@ def bundle(work: pathlib.Path, k: int, model: str, test_json: pathlib.Path) -> p
         "selection_slices": _spans(store, "val"),
         "test_slices": _spans(store, "test"),
         "test": res["series"],
-        "command": f"python pipelines/default_models.py train WORK {k}",
+        "command": f"python pipelines/default_models.py train WORK {k}" + (
+            " --recipe l1+ssim" if prov.get("loss") == "l1+ssim" else ""),
     })
+    if prov.get("init"):  # the L1 run's best/ this run started from (a path on the build host)
+        init = dict(prov["init"])
+        init_epochs = load_model(init["model"]).provenance.get("epochs") \
+            if pathlib.Path(init["model"]).exists() else None
+        prov["init"] = {**init, "model": f"WORK/x{k}_l1/best", "epochs": init_epochs}
     for stale in ("holdout", "kernel", "pixel_spacing_mm", "slice_spacing_mm"):
         prov.pop(stale, None)
     m.provenance = prov
@@ -160,6 +172,19 @@ def bundle(work: pathlib.Path, k: int, model: str, test_json: pathlib.Path) -> p
     save_model(m, dest)
     (dest / "MODEL_CARD.md").write_text(card(k, m, res, sources))
     return dest
+
+
+def optimisation(prov: dict) -> str:
+    """The card's optimisation row, from the checkpoint's provenance."""
+    base = "batch 8, 400 windows/epoch, seed 0, 1 CPU thread"
+    if prov.get("loss") != "l1+ssim":
+        return f"Adam lr 1e-3, L1 loss, {base}"
+    init = prov.get("init") or {}
+    return (f"two runs, {base}: Adam lr 1e-3 with L1 loss (the L1 run `x{{k}}_l1`, its best "
+            f"epoch by val PSNR: {init.get('epochs')}, weights digest "
+            f"{str(init.get('digest'))[:12]}), then from those weights Adam lr 3e-4 with "
+            "0.84 (1 − SSIM) + 0.16 L1 (Zhao et al. 2017; `--loss l1+ssim`)").replace(
+                "{k}", str(prov.get("factor")))
 
 
 NAMES = {"233390035616": "phantom (Philips Ingenuity, head phantom, 1.0 mm)",
@@ -193,9 +218,9 @@ self-check on the series' own slices decides between it and linear interpolation
 | training data | three real CT series, three scanners and kernels (below) |
 | split | contiguous z-blocks per series (`pipelines/default_models.json`): train / model selection (val) / test, at least 11 slices apart; test blocks chose nothing |
 | windows | (i, i+{k}) and (i, i+{2 * k}), random 128×128 crops with ≥ 50 % body (> −500 HU) pixels, the paper's augmentation (rotation ±10°, shift ±10 %, zoom ±20 %, flip) |
-| optimisation | Adam lr 1e-3, L1 loss, batch 8, 400 windows/epoch, seed 0, 1 CPU thread |
-| selection | epoch {prov.get('epochs')} of the run had the highest PSNR on the val blocks' crops ({prov.get('val_psnr_unet', 0):.2f} dB vs linear {prov.get('val_psnr_linear', 0):.2f}) |
-| command | `python pipelines/default_models.py ingest WORK` then `... train WORK {k}` (runs `ctvol train ... --epochs 400`, stopped by hand after ~85 min on 2 shared cores; the run is seeded, so `--epochs {prov.get('epochs')}` replays it up to these weights: not re-run here), then `... bundle` |
+| optimisation | {optimisation(prov)} |
+| selection | epoch {prov.get('epochs')} of the {'second ' if prov.get('init') else ''}run had the highest PSNR on the val blocks' crops ({prov.get('val_psnr_unet', 0):.2f} dB vs linear {prov.get('val_psnr_linear', 0):.2f}) |
+| command | `python pipelines/default_models.py ingest WORK` then `... {prov['command'].split('default_models.py ')[1]}` (runs `ctvol train ... --epochs 400`, stopped by hand on 2 shared cores; the run is seeded, so `--epochs {prov.get('epochs')}` replays it up to these weights: not re-run here), then `... bundle` |
 
 Data (licences: {prov['licences']}):
 
@@ -204,7 +229,7 @@ Data (licences: {prov['licences']}):
 ## Test blocks (slices that neither trained nor chose anything)
 
 `python pipelines/default_models.py evaluate WORK {k} ctvol/models/bundled/unet-x{k}`:
-every {k}th slice of the block kept, the {k - 1} between generated and compared with the
+one slice in {k} of the block kept, the {k - 1} between generated and compared with the
 real ones on [0, 1] intensities (data range 1.0); mean over generated slices;
 paired t-test against linear on the same slices (p in brackets); `auto` is the
 method `method="auto"` chose from the block's own kept slices.
@@ -233,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("train")
     s.add_argument("work", type=pathlib.Path)
     s.add_argument("factor", type=int)
+    s.add_argument("--recipe", choices=["l1", "l1+ssim"], default="l1")
     s = sub.add_parser("evaluate")
     s.add_argument("work", type=pathlib.Path)
     s.add_argument("factor", type=int)
@@ -248,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "ingest":
         ingest(args.work)
     elif args.cmd == "train":
-        train(args.work, args.factor, extra)
+        train(args.work, args.factor, extra, args.recipe)
     elif args.cmd == "bundle":
         print(bundle(args.work, args.factor, args.model, args.test_json))
     else:

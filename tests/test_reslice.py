@@ -188,7 +188,7 @@ def test_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
     (tmp_path / "bad" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="not a ctvol reslice model"):
         load_model(tmp_path / "bad")
-    with pytest.raises(FileNotFoundError, match=r"Bundled models: unet-x4 \(x4\)"):
+    with pytest.raises(FileNotFoundError, match=r"Bundled models: unet-x3 \(x3\), unet-x4"):
         load_model(tmp_path / "nothing")
 
 
