@@ -529,3 +529,19 @@ def test_reopened_output_opens_without_chunk_warnings(tmp_path: pathlib.Path) ->
         warnings.simplefilter("error")
         out = ctvol.open_series(tmp_path / "f.zarr", "k")
     assert out.sizes["z"] == 58 and out["position"].shape == (58, 3)
+
+
+def test_unet_block_window_and_hu_conversions_match_the_public_functions() -> None:
+    """reslice_block's in-place windowing and HU conversion give exactly what
+    to_unit / from_unit / to_hu_int16 give (the engine's fast path changes nothing)."""
+    from ctvol.inference import hu_from_unit_into, window_into
+    from ctvol.intensity import from_unit, to_hu_int16, to_unit
+
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-3024, 3072, size=(3, 17, 19)).astype(np.int16)
+    y = rng.uniform(-0.2, 1.2, size=(3, 2, 17, 19)).astype(np.float32)
+    for window in [(-1024.0, 1024.0), (-160.5, 240.25), (-1000.0, 3000.0)]:
+        np.testing.assert_array_equal(window_into(hu.astype(np.float32), window),
+                                      to_unit(hu, window))
+        np.testing.assert_array_equal(hu_from_unit_into(y.copy(), window),
+                                      to_hu_int16(from_unit(y, window)))
