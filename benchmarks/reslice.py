@@ -356,7 +356,7 @@ class AutoSelfCheckCost:
 
         with dask.config.set(scheduler="threads", num_workers=1):
             return ctvol.self_check(self.ds, FACTOR, model=self.model, batch_size=UNET_BATCH,
-                              device="cpu")
+                                    device="cpu")
 
     def track_ratio_selfcheck_vs_unet_reslice(self, data):
         """Self-check time over U-net reslice time, timed alternately (expect ~1/k)."""

@@ -48,7 +48,7 @@ def bare_loop(hu, k=FACTOR):
     x = hu.astype(np.float32)
     for j in range(k):
         copy = x if j == 0 else ndimage.shift(x, (-j / k, 0, 0), output=np.float32, order=1,
-                                               mode="nearest")
+                                              mode="nearest")
         out[j::k] = predict(copy)[: out[j::k].shape[0]]
     return out
 

@@ -124,7 +124,7 @@ def _check_device(device: str | None) -> None:
         torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise OptionError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1' "
-                         f"(or None: CUDA when available), got {device!r}") from err
+                          f"(or None: CUDA when available), got {device!r}") from err
 
 
 def _check_classes(classes: Any) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
@@ -183,7 +183,7 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
             per_slice = classes is not None
         if not per_slice and classes is not None:
             raise OptionError("classes describe per-slice outputs: pass per_slice=True (or no "
-                             "classes for a block -> block predictor)")
+                              "classes for a block -> block predictor)")
         import dask
 
         name = getattr(predict, "__qualname__", None) or type(predict).__qualname__

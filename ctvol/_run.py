@@ -178,7 +178,7 @@ def _stage_ingest(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
 
     opts = cfg["ingest"]
     rep = ingest(cfg["inputs"], cfg["store"], progress=progress,
-                       storage_options=_so(cfg), **opts)
+                 storage_options=_so(cfg), **opts)
     slices = 0
     for _, row in rep.series.iterrows():
         key = row.get("key")
@@ -208,7 +208,7 @@ def _stage_curate(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> N
     if todo:
         opts = dict(cfg["curate"])
         table = curate_store(cfg["store"], keys=todo, progress=progress,
-                                   storage_options=so, **opts)
+                             storage_options=so, **opts)
         for _, row in table.iterrows():
             summary.series.append({"stage": "curate", "series": row["key"], "status": "done",
                                    "reason": row.get("note") or ""})
@@ -276,9 +276,9 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
         # rebuild when the write starts reuses that decision and its record.
         decided = decisions.get(key)
         fine = reslice(ds, opts.get("factor"), spacing=opts.get("spacing"),
-                             method=decided[0] if decided else opts.get("method", "auto"),
-                             model=opts.get("model"),
-                             batch_size=opts.get("batch_size", 16), device=opts.get("device"))
+                       method=decided[0] if decided else opts.get("method", "auto"),
+                       model=opts.get("model"),
+                       batch_size=opts.get("batch_size", 16), device=opts.get("device"))
         if decided:
             fine.attrs["reslice"] = decided[1]
             fine.attrs["ctvol_history"] = [*fine.attrs["ctvol_history"][:-1], decided[2]]
@@ -316,7 +316,7 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
     # permissions) stops the run; any other failure skips only its series.
     todo = _OnDemand(list(sizes), lambda key: resliced(key)[1])
     outcome = write_many(todo, out, compressor=compressor, progress=progress,
-                               errors="collect", storage_options=so)
+                         errors="collect", storage_options=so)
     for key, err in outcome.items():
         if err is not None:
             summary.series.append({"stage": "reslice", "series": key, "status": "failed",

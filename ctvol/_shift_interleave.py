@@ -316,7 +316,7 @@ def shift_interleave(
     if isinstance(ds, xr.Dataset):
         if var not in ds:
             raise VolumeError(f"ds has no variable {var!r}: it has {list(ds.data_vars)}; "
-                             "pass var=NAME")
+                              "pass var=NAME")
         arr = ds[var]
         attrs_in = dict(ds.attrs)
     elif isinstance(ds, xr.DataArray):
@@ -341,7 +341,7 @@ def shift_interleave(
         raise OptionError(f"dtype must be a numpy dtype, got {dtype!r}") from err
     if fuse == "mean" and out_dtype.kind != "f":
         raise OptionError(f"fuse='mean' averages predictions: dtype must be a float dtype, "
-                         f"got {out_dtype}")
+                          f"got {out_dtype}")
     if fuse == "vote" and pred.is_model and not pred.labels:
         raise OptionError(
             f"fuse='vote' counts equal labels, but the {pred.description} outputs "
@@ -357,7 +357,7 @@ def shift_interleave(
                 "block -> block predictor")
         if any(depth_in[d] for d in dims[1:]):
             raise OptionError(f"predict_depth {predict_depth!r}: a per-slice predictor sees "
-                             "whole slices; give predict_depth along 'z' only")
+                              "whole slices; give predict_depth along 'z' only")
 
     what = attrs_in.get("series_uid", "the data")
     sizes = dict(zip(dims, arr.shape, strict=True))

@@ -241,7 +241,7 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
             if not args.quiet:
                 print(f"{key}: {describe(ds, out)}", flush=True)
             write(out, args.output, key, compressor=getattr(args, "compressor", "lz4"),
-                        progress=not args.quiet)
+                  progress=not args.quiet)
     print(f"{len(keys) - len(failed)} series {done} into {args.output}"
           + (f"; {len(failed)} skipped" if failed else ""))
     return EXIT_PARTIAL if failed else 0
@@ -333,7 +333,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
     def make(ds: Any) -> Any:
         return upsample_inplane(ds, args.factor, method=args.method, model=args.model,
-                                      batch_size=args.batch_size, device=args.device)
+                                batch_size=args.batch_size, device=args.device)
 
     def describe(ds: Any, out: Any) -> str:
         sp = out.attrs["spacing"]
@@ -348,7 +348,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     with _scheduler(args.scheduler, args.workers):
         table = export(args.store, args.output, args.format, series=args.series,
-                             progress=not args.quiet)
+                       progress=not args.quiet)
     failed = table[table["status"] == "failed"]
     for row in failed.itertuples():
         print(f"skipped {row.key}: {row.error}", file=sys.stderr)
@@ -415,8 +415,8 @@ def _shift_interleave_result(args: argparse.Namespace) -> Any:
     factor = args.factor[0] if len(args.factor) == 1 else tuple(args.factor)
     axis = args.axis[0] if len(args.axis) == 1 else tuple(args.axis)
     return ds, shift_interleave(ds, args.model, factor, axis, fuse=args.fuse,
-                                      labels=args.labels or args.fuse == "vote",
-                                      device=args.device, amp=args.amp)
+                                labels=args.labels or args.fuse == "vote",
+                                device=args.device, amp=args.amp)
 
 
 def _cmd_shift_interleave(args: argparse.Namespace) -> int:
@@ -493,9 +493,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():  # shown once, after the tables
                 warnings.simplefilter("ignore", EvaluationWarning)
                 rep = evaluate(args.store, opts["factor"], methods=opts["methods"],
-                                     model=model, series=series, strides=opts["strides"],
-                                     batch_size=opts["batch_size"], device=opts["device"],
-                                     progress=not args.quiet)
+                               model=model, series=series, strides=opts["strides"],
+                               batch_size=opts["batch_size"], device=opts["device"],
+                               progress=not args.quiet)
         except ValueError as exc:  # bad factor/model combination, nothing evaluable
             return _fail("evaluate", str(exc))
         out = rep.save(args.output, figures=opts["figures"])
@@ -564,7 +564,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._run import run
 
     summary = run(args.config, scheduler=args.scheduler, workers=args.workers,
-                        progress=not args.quiet)
+                  progress=not args.quiet)
     print()
     print(summary.table())
     if summary.failed:

@@ -103,7 +103,7 @@ def ba_ta(data: Any, *, sigma: float = 1.2, threshold: float, units: str = "HU",
         raise OptionError(f"sigma must be a number >= 0 (pixels), got {sigma!r}")
     if units == "grey" and not 0.0 <= float(threshold) <= 1.0:
         raise OptionError(f"a grey threshold is on the normalised [0, 1] scale, got {threshold!r};"
-                         " use units='HU' for a threshold in stored units")
+                          " use units='HU' for a threshold in stored units")
     if value_range is not None and units != "grey":
         raise OptionError("value_range= applies to units='grey' only")
     if isinstance(data, xr.Dataset):
@@ -241,7 +241,7 @@ def bland_altman(test: Any, reference: Any) -> BlandAltman:
     a, b = _in_memory(test, "test"), _in_memory(reference, "reference")
     if a.shape != b.shape or a.ndim != 1:
         raise OptionError(f"test and reference must be 1-D of one length, got {a.shape} and "
-                         f"{b.shape}")
+                          f"{b.shape}")
     ok = ~(np.isnan(a) | np.isnan(b))
     a, b = a[ok], b[ok]
     n = int(a.size)
@@ -265,5 +265,5 @@ def _in_memory(v: Any, name: str) -> np.ndarray:
     data = getattr(v, "data", v)  # DataArray -> its array
     if hasattr(data, "dask") or type(data).__module__.startswith("dask"):
         raise OptionTypeError(f"{name} is lazy (dask-backed): compute it first, e.g. "
-                        "a, b = dask.compute(a, b); bland_altman never computes for you")
+                              "a, b = dask.compute(a, b); bland_altman never computes for you")
     return np.asarray(data, dtype=np.float64)

@@ -78,7 +78,7 @@ def evaluate(args: argparse.Namespace) -> int:
         per = {m: metrics[:, j, i] for i, m in enumerate(METRICS)}
         agree = bland_altman(fractions[name].values, truth)
         agree.figure(title=f"BA/TA, {name} (x{FACTOR}) vs HR, S2020 slices "
-                  f"{held.start}-{held.stop - 1}").savefig(
+                     f"{held.start}-{held.stop - 1}").savefig(
             out / "figures" / f"bland_altman_{name}.png", dpi=120)
         result["methods"][name] = {
             "psnr_mean": float(np.mean(per["psnr"])), "psnr_sd": float(np.std(per["psnr"])),
@@ -92,7 +92,7 @@ def evaluate(args: argparse.Namespace) -> int:
     d = metrics[:, 1, 0] - metrics[:, 0, 0]
     result["paired_psnr_unet_minus_bilinear"] = {
         "mean": float(d.mean()), "t_test_p": float(stats.ttest_rel(metrics[:, 1, 0],
-                                                                     metrics[:, 0, 0]).pvalue),
+                                                                   metrics[:, 0, 0]).pvalue),
         "slices_unet_better": int((d > 0).sum()), "n": int(d.size)}
     result["ba_ta_hr_mean"] = float(truth.mean())
     (out / "inplane.json").write_text(json.dumps(result, indent=2))

@@ -62,7 +62,7 @@ def test_patches_tile_every_voxel_with_overlap_at_the_end(store: str) -> None:
     assert len(data) == 3 * 3 * 3
     half = ctvol.VolumeDataset(store, patch=(7, 20, 24), stride=(1, 1, 1), keys=["a", "b"])
     assert len(half) == 1 and half.skipped == {"b": "(5, 20, 24) voxels, smaller than the "
-                                                     "patch (7, 20, 24)"}
+                                               "patch (7, 20, 24)"}
 
 
 def test_window_maps_to_unit(store: str) -> None:

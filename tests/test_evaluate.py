@@ -162,7 +162,7 @@ def test_exactly_linear_volume_gives_mse_zero_and_no_nan(tmp_path: pathlib.Path)
 
 def test_report_files(tmp_path: pathlib.Path) -> None:
     rep = ctvol.evaluate(_volume(n=13, shape=(32, 32)), [3, 4], model={3: tiny_model(3),
-                                                                      4: tiny_model(4)})
+                                                                       4: tiny_model(4)})
     out = rep.save(tmp_path / "report")
     doc = json.loads((out / "report.json").read_text())
     assert doc["factors"] == [3, 4] and doc["methods"] == ["linear", "unet", "auto"]
@@ -233,7 +233,7 @@ def test_series_are_evaluated_in_windows_with_the_same_numbers(
     monkeypatch.setattr(ctvol._compute, "compute_bounded", compute_bounded)
     rep = ctvol.evaluate(store, [3, 4], methods="linear", strides=(1, 2))
     assert [e[1] for e in events if e[0] == "built"] == [["1.2.0", "1.2.1"],
-                                                        ["1.2.3"], ["1.2.4"]]
+                                                         ["1.2.3"], ["1.2.4"]]
     in_flight = 0
     for kind, _ in events:
         in_flight += 1 if kind == "built" else -1

@@ -81,7 +81,7 @@ def test_core_runs_without_torch_or_matplotlib(cohort: pathlib.Path) -> None:
                  marks=pytest.mark.slow),
 ])
 def test_what_needs_an_extra_names_it_in_one_line(cohort: pathlib.Path, args: list[str],
-                                                 extra: str) -> None:
+                                                  extra: str) -> None:
     store = cohort / "named.zarr"
     if not store.exists():
         assert _ctvol(cohort, "ingest", str(cohort / "in"), "-o", str(store), "-q")\

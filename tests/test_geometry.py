@@ -49,7 +49,7 @@ def test_order_comes_from_positions_not_input_order(n: int, dz: float, z0: float
 @settings(max_examples=50, deadline=None)
 @given(n=st.integers(5, 40), missing=st.data(), dz=st.floats(0.5, 5.0))
 def test_a_missing_slice_splits_into_two_runs(n: int, missing: st.DataObject,
-                                             dz: float) -> None:
+                                              dz: float) -> None:
     k = missing.draw(st.integers(1, n - 2))
     pos = np.delete(_stack(n, dz), k, axis=0)
     geo = plan_stack(pos, AXIAL)

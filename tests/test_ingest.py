@@ -201,7 +201,7 @@ CASES: dict[str, tuple[Callable[[pathlib.Path], None], Fate | Raises]] = {
     "missing ImagePositionPatient": (_missing_ipp, Fate(
         "slice_0005.dcm", "excluded", "missing-tag", r"ImagePositionPatient \(0020,0032\)", 1)),
     "missing pixel data": (_missing_pixels, Fate("slice_0005.dcm", "excluded", "no-pixel-data",
-                                                  "no PixelData", 1)),
+                                                 "no PixelData", 1)),
     "duplicate SOPInstanceUID (copy)": (_duplicate_copy, Fate(
         "zz_copy.dcm", "excluded", "duplicate", "same SOPInstanceUID .* and pixels as .*"
         "slice_0002.dcm", 1)),

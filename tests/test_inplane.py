@@ -447,5 +447,5 @@ def test_bundled_model_is_the_default(sample_store: str) -> None:
     assert sr.attrs["inplane"]["model_digest"] == model.digest
     lin = ctvol.upsample_inplane(low, 2, method="bilinear")
     m_sr, m_lin = slice_metrics(hr.hu.values, sr.hu.values), slice_metrics(hr.hu.values,
-                                                                            lin.hu.values)
+                                                                           lin.hu.values)
     assert (m_sr[:, 0] > m_lin[:, 0] + 5).all()  # PSNR, dB (held-out block: +17.9 dB)

@@ -280,7 +280,7 @@ def test_gpu_resource_requested_and_kept_through_write(tmp_path: pathlib.Path,
     _, gpu = gpu_cluster
     with get_task_stream() as ts:
         out = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
-                          model=str(tmp_path / "m"),
+                            model=str(tmp_path / "m"),
                             device="cpu")
         ctvol.write(out, tmp_path / "o.zarr", "k")
     ran_on = [t["worker"] for t in ts.data if "reslice-unet" in str(t["key"])]
@@ -389,7 +389,7 @@ def test_path_checkpoint_loaded_once_on_threads(tmp_path: pathlib.Path,
                           model=str(tmp_path / "m")).hu.values
     assert len(calls) == 2
     expected = ctvol.reslice(_volume(n=9, chunks=2), 3, method="unet",
-                          model=tiny_model(3, seed=12)).hu.values
+                             model=tiny_model(3, seed=12)).hu.values
     np.testing.assert_array_equal(b, expected)
     assert not np.array_equal(a, b)
 

@@ -55,7 +55,7 @@ def _config(tmp: pathlib.Path, inputs: pathlib.Path, fmt: str = "yaml",
 
 
 def test_full_pipeline_then_rerun_skips_everything_done(cohort_dir: pathlib.Path,
-                                                       tmp_path: pathlib.Path) -> None:
+                                                        tmp_path: pathlib.Path) -> None:
     cfg = _config(tmp_path, cohort_dir)
     first = ctvol.run(cfg, progress=False)
     stages = {s["stage"]: s for s in first.stages}

@@ -54,7 +54,7 @@ def cluster() -> Iterator[Any]:
 def _config(inputs: pathlib.Path, root: pathlib.Path) -> dict[str, Any]:
     return {"inputs": [str(inputs)], "store": str(root / "cohort.zarr"),
             "ingest": {}, "reslice": {"output": str(root / "fine.zarr"), "factor": 3,
-                                       "method": "linear"}}
+                                      "method": "linear"}}
 
 
 @pytest.fixture(scope="module")

@@ -193,7 +193,7 @@ def test_vote_tie_rules() -> None:
     # k = 5: the window of sample 2 in [3, 3, 1, 2, 2] counts 3:2, 2:2, 1:1; its own
     # label (1) is not tied, so the smallest tied label (2) wins.
     out = _fuse(np.array([3, 3, 1, 2, 2], dtype=np.int8), [0], [5], "vote",
-                   np.dtype(np.int8))
+                np.dtype(np.int8))
     assert out[2] == 2
     assert out.tolist() == [3, 3, 2, 2, 2]
 
@@ -448,7 +448,7 @@ def test_cuda_matches_cpu_closely(tmp_path: pathlib.Path) -> None:
 
 
 def test_model_tasks_ask_for_a_gpu_on_a_gpu_cluster(tmp_path: pathlib.Path,
-                                                     gpu_cluster: tuple[object, str]) -> None:
+                                                    gpu_cluster: tuple[object, str]) -> None:
     """Only the worker that declares GPU=1 runs the model's blocks (as ctvol.reslice's)."""
     from distributed import get_task_stream
 

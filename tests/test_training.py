@@ -187,7 +187,7 @@ def test_zarrs_switch_off(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CTVOL_ZARRS", "0")
     raw = _RawWindows(PairWindows(store, 3))
     got = [p for _, _, p in DataLoader(torch.utils.data.Subset(raw, [0, 1]), batch_size=None,
-                                      num_workers=1, collate_fn=_no_collate)]
+                                       num_workers=1, collate_fn=_no_collate)]
     assert got == ["BatchedCodecPipeline"] * 2
 
 

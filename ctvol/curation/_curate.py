@@ -256,7 +256,7 @@ def curate(
                             "least 2 slices; a single slice is not a volume")
     if labels is not None and len(runs) > 1:
         raise OptionError("labels= applies to a single volume; for several runs let curate "
-                         "classify them (or store labels with `ctvol curate`)")
+                          "classify them (or store labels with `ctvol curate`)")
 
     gaps = find_gaps(runs)
     segments = _join(runs, gaps, fill_gaps, fill_model) if fill_gaps else list(runs)
@@ -268,13 +268,13 @@ def curate(
         if lab.sizes.get("z") != seg.sizes["z"] or (
                 "z" in lab.coords and not np.allclose(lab["z"].values, seg["z"].values)):
             raise VolumeError(f"labels do not match the volume: {lab.sizes.get('z')} labels for "
-                             f"{seg.sizes['z']} slices (or other z); classify this volume")
+                              f"{seg.sizes['z']} slices (or other z); classify this volume")
         labs.append(lab)
     classes = list(labs[0].attrs.get("classes", []))
     codes_blank = [classes.index(c) for c in blank if c in classes]
     if not codes_blank:
         raise OptionError(f"blank={list(blank)} names no class of the labels ({classes}); "
-                         "pass the name(s) of the blank class(es)")
+                          "pass the name(s) of the blank class(es)")
     extra = [lab["body_fraction"] for lab in labs if "body_fraction" in lab.coords]
     # The one compute: per-slice labels (and fractions), never the pixels.
     got = compute([lab.data for lab in labs] + [e.data for e in extra])

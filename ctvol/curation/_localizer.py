@@ -167,7 +167,7 @@ def localize(ds: xr.Dataset, model: Any, *, batch_size: int = 64,
     check_volume(ds, min_slices=1)
     if model is None:
         raise OptionError("localize needs model= (a trained localizer checkpoint or SliceModel); "
-                         "none is bundled: train one with ctvol.curation.train_localizer")
+                          "none is bundled: train one with ctvol.curation.train_localizer")
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     loaded = resolve(model, "localize")
@@ -180,7 +180,7 @@ def localize(ds: xr.Dataset, model: Any, *, batch_size: int = 64,
 
 
 def nearest(loc_a: np.ndarray, loc_b: np.ndarray, tolerance: float) -> tuple[np.ndarray,
-                                                                               np.ndarray]:
+                                                                             np.ndarray]:
     """For each value of ``loc_a``, the index of the nearest ``loc_b`` (-1 beyond tolerance)
     and the distance."""
     a = np.asarray(loc_a, dtype=np.float64)

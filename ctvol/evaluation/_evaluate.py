@@ -51,7 +51,7 @@ def _check_methods(methods: Any) -> tuple[str, ...]:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise OptionError(f"unknown method(s) {bad or methods!r}: valid methods are "
-                         f"{list(METHODS)}")
+                          f"{list(METHODS)}")
     if len(set(methods)) != len(methods):
         raise OptionError(f"methods repeat: {methods!r}")
     return methods
@@ -138,7 +138,7 @@ def _sources(data: Any, series: Any, storage_options: Mapping[str, Any] | None =
             continue
         if not isinstance(zsel, slice) or zsel.step not in (None, 1):
             raise OptionError(f"series {src.key!r}: give a contiguous slice(start, stop), "
-                             f"got {zsel!r}")
+                              f"got {zsel!r}")
         out.append(Source(src.key, src.store, src.data, zsel, src.storage_options))
     return out, store
 
@@ -168,10 +168,10 @@ def _case(src: Source, ds: Any, offset: int, k: int, stride: int, methods: Seque
                  if "auto" in o.attrs["reslice"]), None)
     metrics = map_slice_metrics(block["hu"].data, *(o["hu"].data for o in outs), window=window)
     return Case(factor=k, stride=stride, key=src.key,
-                 index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
-                 generated=np.asarray(outs[0]["generated"].values, dtype=bool),
-                 series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics,
-                 auto=auto)
+                index=offset + stride * np.arange(m), z=np.asarray(block["z"].values),
+                generated=np.asarray(outs[0]["generated"].values, dtype=bool),
+                series_uid=ds.attrs.get("series_uid"), source=src, metrics=metrics,
+                auto=auto)
 
 
 def _series_window() -> int:

@@ -288,8 +288,8 @@ def summary(rep: EvaluationReport, *, convention: str = "generated",
     sel = t[(t.series == "all") & (t.convention == convention) & (t.stride == stride)]
     if sel.empty:
         raise DataError(f"no cohort rows for convention={convention!r}, stride={stride}; "
-                         f"conventions: {sorted(set(t.convention))}, strides: "
-                         f"{sorted(set(t.stride))}")
+                        f"conventions: {sorted(set(t.convention))}, strides: "
+                        f"{sorted(set(t.stride))}")
     cols = {}
     for (k, meth), g in sel.groupby(["factor", "method"], sort=False):
         g = g.set_index("metric")

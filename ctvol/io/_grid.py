@@ -60,7 +60,7 @@ def check_volume(ds: xr.Dataset) -> None:
     """Refuse anything that is not ``hu`` on (z, y, x) (docs/storage.md)."""
     if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
         raise VolumeError(f"series {series_name(ds)}: ds must hold 'hu' with dims "
-                         "('z', 'y', 'x') (docs/storage.md); open it with ctvol.open_series")
+                          "('z', 'y', 'x') (docs/storage.md); open it with ctvol.open_series")
 
 
 def orientation(ds: xr.Dataset) -> np.ndarray:
@@ -80,7 +80,7 @@ def _axis_step(ds: xr.Dataset, dim: str, index: int) -> float:
         c = np.asarray(ds[dim].values, dtype=np.float64)
         step = float((c[-1] - c[0]) / (c.size - 1))
         if step <= 0 or np.any(np.abs(np.diff(c) - step) > max(SPACING_ATOL_MM,
-                                                                SPACING_RTOL * step)):
+                                                               SPACING_RTOL * step)):
             raise GeometryError(
                 f"series {series_name(ds)}: the {dim} coordinate is not evenly increasing "
                 f"(mean step {step:.4g} mm); NIfTI and DICOM need a regular grid: ingest with "

@@ -34,7 +34,7 @@ __all__ = ["WRITE_ERRNOS", "write", "write_block", "write_error", "write_group",
 
 
 def write_block(block: np.ndarray, *, store: str, path: str,
-                 storage_options: Mapping[str, Any] | None, block_info: Any = None) -> np.ndarray:
+                storage_options: Mapping[str, Any] | None, block_info: Any = None) -> np.ndarray:
     import zarr
 
     z0, z1 = block_info[0]["array-location"][0]
@@ -223,7 +223,7 @@ def _plan_write(ds: xr.Dataset, store: str | os.PathLike[str], key: str, *,
 
     if "hu" not in ds or ds["hu"].dims != ("z", "y", "x"):
         raise VolumeError(f"series {key}: ds must hold 'hu' with dims ('z', 'y', 'x') "
-                         "(docs/storage.md)")
+                          "(docs/storage.md)")
     hu = ds["hu"].data
     if not isinstance(hu, da.Array):
         hu = da.from_array(np.asarray(hu), chunks=(SHARD_SLICES, -1, -1))

@@ -233,7 +233,7 @@ def resolve(model: Any, task: str) -> SliceModel:
     if isinstance(model, str | os.PathLike):
         return load_slice_model(model, task=task)
     raise OptionTypeError(f"model must be a SliceModel or a checkpoint folder path, got "
-                    f"{type(model).__name__}")
+                          f"{type(model).__name__}")
 
 
 def cached(source: Any, device: str) -> SliceModel:

@@ -53,7 +53,7 @@ def check_normalisation(norm: Any) -> dict[str, Any]:
         norm = {"kind": norm}
     if not isinstance(norm, dict) or norm.get("kind") not in NORMS:
         raise OptionError(f"normalisation must be one of {list(NORMS)} (or a dict with "
-                         f"'kind'), got {norm!r}")
+                          f"'kind'), got {norm!r}")
     out: dict[str, Any] = {"kind": norm["kind"]}
     if norm["kind"] == "window":
         lo, hi = (float(v) for v in norm.get("window", HU_WINDOW))

@@ -122,7 +122,7 @@ class VolumeDataset(_torch_dataset()):  # type: ignore[misc]
             patch = tuple(int(p) for p in patch)
             if len(patch) != 3 or min(patch) < 1:
                 raise OptionError(f"patch must be 3 positive voxel counts (pz, py, px), "
-                                 f"got {patch!r}")
+                                  f"got {patch!r}")
         if stride is not None:
             if patch is None:
                 raise OptionError("stride needs patch= (whole slices are taken one by one)")

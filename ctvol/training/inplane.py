@@ -100,7 +100,7 @@ class InplanePairs:
             raise OptionError("give at least one high-resolution series key (hr=)")
         if lr_keys is not None and len(lr_keys) != len(hr_keys):
             raise OptionError(f"lr= names {len(lr_keys)} series but hr= names {len(hr_keys)}: "
-                             "give one low-resolution series per high-resolution one")
+                              "give one low-resolution series per high-resolution one")
         self.store, self.factor, self.split, self.crop = store_url(store), f, split, crop
         self.normalisation = check_normalisation(normalisation)
         self.repeats, self.seed, self.epoch = int(repeats), seed, 0
@@ -127,7 +127,7 @@ class InplanePairs:
                                     f"divisible by factor {f}")
             if crop is not None and crop > min(shape[1:]):
                 raise OptionError(f"crop {crop} is larger than series {h} ({shape[1]} x "
-                                 f"{shape[2]})")
+                                  f"{shape[2]})")
             if low is not None:
                 lshape = tuple(root[f"series/{low}/hu"].shape)
                 want = (shape[0], shape[1] // f, shape[2] // f)
@@ -156,7 +156,7 @@ class InplanePairs:
             self.items.extend((p, i) for i in range(lo, hi))
         if not self.items:
             raise DataError(f"no {split} slices in {self.store} for series {hr_keys}; "
-                             "use split='all' or more series")
+                            "use split='all' or more series")
         self._ranges_lr: dict[str, tuple[float, float]] = {}
         if self.normalisation["kind"] == "minmax":
             self._ranges_lr = {h: self._minmax(h, low) for h, low in self.pairs}

@@ -60,7 +60,7 @@ def check_blocks(blocks: Mapping[str, Mapping[str, Sequence[Sequence[int]]]],
                     f"are {lo2 - hi1} slices apart; leave a guard gap of at least {guard}")
             if lo2 < hi1:
                 raise OptionError(f"series {key}: blocks [{lo1}, {hi1}) and [{lo2}, {hi2}) "
-                                 "overlap")
+                                  "overlap")
 
 
 #: zarr's codec pipeline backed by the zarrs Rust crate (``pip install zarrs``).
@@ -195,12 +195,12 @@ class PairWindows:
             raise OptionError(f"factor must be an integer >= 2, got {factor!r}")
         if partitions not in ("train-val", "train-val-test"):
             raise OptionError(f"partitions must be 'train-val' or 'train-val-test', "
-                             f"got {partitions!r}")
+                              f"got {partitions!r}")
         valid = ("train", "val", "test", "all") \
             if partitions == "train-val-test" or blocks is not None else ("train", "val", "all")
         if split not in valid:
             raise OptionError(f"split must be one of {valid} with partitions={partitions!r}, "
-                             f"got {split!r}")
+                              f"got {split!r}")
         self.partitions = partitions
         if not set(strides) <= {1, 2} or not strides:
             raise OptionError(f"strides must be a non-empty subset of (1, 2), got {strides!r}")
@@ -259,7 +259,7 @@ class PairWindows:
             for lo, hi in spec.get(name, []):
                 if not 0 <= lo < hi <= n:
                     raise OptionError(f"block {name} [{lo}, {hi}) of series {key} is outside "
-                                     f"its {n} slices; fix the blocks file")
+                                      f"its {n} slices; fix the blocks file")
                 out.append((int(lo), int(hi)))
         return out
 

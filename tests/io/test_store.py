@@ -56,7 +56,7 @@ def test_open_series_is_lazy_and_round_trips(phantom_store: tuple[str, str, np.n
     assert ds.attrs["complete"] is True
     assert ds.attrs["tilt_deg"] == 0.0
     assert ds.sop_uid.values.tolist() == sorted(set(ds.sop_uid.values.tolist()),
-                                                 key=ds.sop_uid.values.tolist().index)
+                                                key=ds.sop_uid.values.tolist().index)
     assert len(set(ds.source.values.tolist())) == 40
     assert "ingest" in ds.attrs["ctvol_history"][0]
 
