@@ -144,11 +144,14 @@ def export(
     """
     import pandas as pd
 
+    from ._deps import require
     from ._version import __version__
     from .io.store import list_series, open_series
 
     if format not in FORMATS:
         raise OptionError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    if format == "nifti":  # before anything is written: no series can be exported without it
+        require("nibabel", "NIfTI export")
     out = pathlib.Path(output).expanduser()
     _check_output(out, os.fspath(store))
     keys = list(series) if series else list_series(store, storage_options=storage_options)

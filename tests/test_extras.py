@@ -18,7 +18,8 @@ BLOCKED = textwrap.dedent("""
     import sys
 
     class Block:
-        BLOCKED = ("torch", "safetensors", "pytorch_msssim", "matplotlib", "monai")
+        BLOCKED = ("torch", "safetensors", "pytorch_msssim", "matplotlib", "monai",
+                   "nibabel")
 
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in self.BLOCKED:
@@ -79,6 +80,7 @@ def test_core_runs_without_torch_or_matplotlib(cohort: pathlib.Path) -> None:
                  "torch", marks=pytest.mark.slow),
     pytest.param(["upsample", "{store}", "-o", "{tmp}/up.zarr", "--factor", "2"], "torch",
                  marks=pytest.mark.slow),
+    (["export", "{store}", "-o", "{tmp}/nii", "--format", "nifti"], "nifti"),
 ])
 def test_what_needs_an_extra_names_it_in_one_line(cohort: pathlib.Path, args: list[str],
                                                   extra: str) -> None:
@@ -91,3 +93,4 @@ def test_what_needs_an_extra_names_it_in_one_line(cohort: pathlib.Path, args: li
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"pip install 'ctvol[{extra}]'" in lines[0], run.stderr
     assert "Traceback" not in run.stderr
+    assert not (cohort / "nii").exists()  # nothing written before the check

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._deps import require
 from .._version import __version__
-from ..errors import MissingDependencyError
 from . import _grid
 
 if TYPE_CHECKING:
@@ -30,13 +30,7 @@ VOX_OFFSET = 352
 
 
 def _nibabel() -> Any:
-    try:
-        import nibabel
-    except ImportError as exc:  # an optional extra
-        raise MissingDependencyError(
-            "NIfTI export needs nibabel: pip install 'ctvol[nifti]' (or pip install nibabel)"
-        ) from exc
-    return nibabel
+    return require("nibabel", "NIfTI export")  # an optional extra: ctvol[nifti]
 
 
 def nifti_header(ds: xr.Dataset) -> Any:

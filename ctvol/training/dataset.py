@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, MissingDependencyError, OptionError
+from .._deps import require
+from ..errors import DataError, OptionError
 from ..intensity import to_unit
 from ..io._handles import HuHandles
 
@@ -32,12 +33,7 @@ def _starts(n: int, size: int, step: int) -> list[int]:
 
 
 def _torch_dataset() -> type:
-    try:
-        from torch.utils.data import Dataset
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "VolumeDataset needs torch: pip install 'ctvol[torch]'") from exc
-    return Dataset
+    return require("torch.utils.data", "VolumeDataset").Dataset  # type: ignore[no-any-return]
 
 
 class VolumeDataset(_torch_dataset()):  # type: ignore[misc]
