@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._deps import available
 from ..errors import DataError, OptionError
 from ..intensity import HU_WINDOW, to_unit
 from ..io._handles import HuHandles
@@ -83,9 +84,7 @@ def _read_config(store: str) -> dict[str, Any]:
     """
     if "://" in store or os.environ.get("CTVOL_ZARRS", "1") == "0":
         return {}
-    import importlib.util
-
-    if importlib.util.find_spec("zarrs") is None:
+    if not available("zarrs"):
         return {}
     from torch.utils.data import get_worker_info
 
