@@ -124,6 +124,16 @@ def _best(fn):
     return min(_elapsed(fn) for _ in range(REPEATS))
 
 
+def _ratio_alternating(num, den):
+    """Best time of ``num`` over best time of ``den``, the two called alternately
+    (REPEATS each), so that the machine's load drifts alike for both."""
+    a, b = [], []
+    for _ in range(REPEATS):
+        a.append(_elapsed(num))
+        b.append(_elapsed(den))
+    return min(a) / min(b)
+
+
 class _Linear:
     setup_cache = staticmethod(_write_data)
     timeout = 300
@@ -162,11 +172,7 @@ class LinearThroughput(_Linear):
 
         Goal (issue): >= 0.7 on 1 thread, more on 2.
         """
-        loop, res = [], []
-        for _ in range(REPEATS):
-            loop.append(_elapsed(lambda: linear_loop(self.hu)))
-            res.append(_elapsed(lambda: self.reslice(threads)))
-        return min(loop) / min(res)
+        return _ratio_alternating(lambda: linear_loop(self.hu), lambda: self.reslice(threads))
 
     track_ratio_linear_vs_loop.unit = "ratio"
 
@@ -244,11 +250,7 @@ class UNetThroughput:
 
     def track_ratio_unet_vs_bare(self, data):
         """Reslice pairs/s over bare-forward pairs/s, timed alternately. Goal (issue): >= 0.9."""
-        bare, res = [], []
-        for _ in range(REPEATS):
-            bare.append(_elapsed(self.bare))
-            res.append(_elapsed(self.reslice))
-        return min(bare) / min(res)
+        return _ratio_alternating(self.bare, self.reslice)
 
     track_ratio_unet_vs_bare.unit = "ratio"
 
@@ -360,10 +362,6 @@ class AutoSelfCheckCost:
 
     def track_ratio_selfcheck_vs_unet_reslice(self, data):
         """Self-check time over U-net reslice time, timed alternately (expect ~1/k)."""
-        unet, check = [], []
-        for _ in range(REPEATS):
-            unet.append(_elapsed(self.unet))
-            check.append(_elapsed(self.check))
-        return min(check) / min(unet)
+        return 1.0 / _ratio_alternating(self.unet, self.check)
 
     track_ratio_selfcheck_vs_unet_reslice.unit = "ratio"
