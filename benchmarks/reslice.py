@@ -203,6 +203,52 @@ class LinearTime(_Linear):
         self.reslice(threads)
 
 
+def zarr_write(out, path):
+    """The loop's output written as ctvol lays out ``hu``, with zarr alone: chunks
+    of one slice, shards of 32, lz4 + bit-shuffle (``ctvol.io._layout``)."""
+    import zarr
+
+    from ctvol.io._layout import SHARD_SLICES, hu_codec
+
+    arr = zarr.create_array(path, shape=out.shape, dtype=np.int16,
+                            chunks=(1, *out.shape[1:]), shards=(SHARD_SLICES, *out.shape[1:]),
+                            compressors=hu_codec("lz4"), overwrite=True)
+    arr[:] = out
+
+
+class LinearStoreThroughput(_Linear):
+    """Linear x3 written to a store: ``ctvol.write(ctvol.reslice(...))`` on one dask
+    thread against the loop plus the same zarr write a user would make
+    (:func:`zarr_write`), timed alternately. Goal (issue 18): >= 0.7."""
+
+    unit = "ratio"
+
+    def setup(self, data):
+        import tempfile
+
+        super().setup(data)
+        self.tmp = Path(tempfile.mkdtemp(prefix="ctvol-bench-"))
+
+    def teardown(self, data):
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def loop_store(self):
+        zarr_write(linear_loop(self.hu), str(self.tmp / "loop.zarr"))
+
+    def write(self):
+        import dask
+
+        import ctvol
+
+        with dask.config.set(scheduler="threads", num_workers=1):
+            ctvol.write(ctvol.reslice(self.ds, FACTOR, method="linear"), self.tmp / "e.zarr", "s")
+
+    def track_ratio_linear_store_vs_loop(self, data):
+        return _ratio_alternating(self.loop_store, self.write)
+
+
 class UNetThroughput:
     """Slice pairs per second through the U-net, reslice vs the bare forward loop."""
 
