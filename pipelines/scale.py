@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import threading
@@ -40,6 +41,7 @@ class PeakSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak: dict[str, float] = {}
+        self.load: list[float] = []  # 1-minute load average, every 0.2 s
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -52,6 +54,7 @@ class PeakSampler(threading.Thread):
                 except psutil.Error:
                     continue
                 self.peak[name] = max(self.peak.get(name, 0.0), mb)
+            self.load.append(os.getloadavg()[0])
             time.sleep(0.2)
 
 
@@ -168,6 +171,8 @@ def main() -> None:
            "seconds_per_input_slice": total / max(1, summary.stages[0].get("slices", 0)),
            "stages": summary.stages, "peak_rss_mb_getrusage": summary.peak_rss_mb,
            "peak_rss_mb_sampled": {k: round(v) for k, v in sampler.peak.items() if v > 50},
+           "load_average_1min": {"mean": round(sum(sampler.load) / max(1, len(sampler.load)), 2),
+                                 "max": max(sampler.load, default=0.0)},
            "failed": summary.failed}
     if a.method == "unet":  # pairs/s of the reslice stage against the bare model, same run
         res = next(st for st in summary.stages if st["stage"] == "reslice")
@@ -180,6 +185,7 @@ def main() -> None:
               f"{out['ratio_reslice_vs_bare']:.2f}")
     print(summary.table())
     print("peak RSS sampled (MiB):", out["peak_rss_mb_sampled"])
+    print("load average (1 min) during the run:", out["load_average_1min"])
     print("disk (GB):", {n: round(b / 1e9, 2) for n, b in disk.items()},
           f"compression of hu in the cohort store: {out['compression_ratio_cohort']:.2f}x")
     print(f"\npipeline {total:.1f} s for {files} files "
