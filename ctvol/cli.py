@@ -780,6 +780,13 @@ def _stdout_closed() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def _killed_worker(exc: BaseException) -> bool:
+    """dask.distributed gave up on a task whose workers kept dying."""
+    from distributed import KilledWorker
+
+    return isinstance(exc, KilledWorker)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``ctvol`` command; return its exit code (see the module docstring).
 
@@ -812,6 +819,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CtvolError, OSError, ValueError, KeyError) as exc:
         return _fail(command, _message(exc))
     except Exception as exc:
+        if _killed_worker(exc):  # not a bug of ctvol's nor of the data's
+            return _fail(command, f"worker processes died on each of "
+                         f"{getattr(exc, 'allowed_failures', 0) + 1} tries of task "
+                         f"{getattr(exc, 'task', '?')!r} (dask KilledWorker: out of memory or "
+                         "a crash; the worker logs say which). Complete series are kept and "
+                         "none is visible half-written: re-run the same command to resume")
         if os.environ.get("CTVOL_DEBUG"):
             raise
         return _fail(command, f"unexpected {type(exc).__name__}: {_message(exc)} (a bug: "

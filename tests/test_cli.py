@@ -57,6 +57,29 @@ def test_failed_series_exit_code(tmp_path: pathlib.Path,
     assert "1 series failed" in capsys.readouterr().err
 
 
+def test_a_killed_worker_is_named_not_called_a_bug(sample_store: str, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A standalone verb whose worker processes kept dying (out of memory, a crash)
+    fails in one line that says so and how to resume, as ``ctvol run`` does."""
+    from distributed import KilledWorker
+
+    import ctvol._reslice
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise KilledWorker("('reslice-block', 3)", "tcp://127.0.0.1:1", allowed_failures=3)
+
+    monkeypatch.setattr(ctvol._reslice, "reslice", dies)
+    rc = main(["reslice", sample_store, "-o", str(tmp_path / "fine.zarr"), "--factor", "3",
+               "--method", "linear", "--scheduler", "threads", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "unexpected" not in err and "a bug" not in err
+    assert "worker processes died on each of 4 tries" in err
+    assert "reslice-block" in err and "re-run the same command to resume" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_console_script_on_local_cluster(sample_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     exe = pathlib.Path(sys.executable).with_name("ctvol")
