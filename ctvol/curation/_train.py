@@ -24,13 +24,16 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._deps import require
 from ..errors import LabelError, OptionError
 from ..io._handles import HuHandles
+
+if TYPE_CHECKING:
+    from ..training._engine import Kind
 
 __all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
 
@@ -178,8 +181,9 @@ def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
             if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
 
 
-def _kind(task: str) -> Any:
-    """The epoch engine's :class:`~ctvol.training._engine.Kind` of a slice model."""
+def _kind(task: str) -> Kind:
+    """What the epoch engine does for a slice model: its loss, accuracy (classifier)
+    or mean absolute error (localizer), label targets, the best epoch in ``out``."""
     import torch
 
     from ..models._slice import save_slice_model
@@ -215,7 +219,7 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
     from ..intensity import HU_WINDOW
     from ..io._layout import store_url
     from ..models._runtime import resolve_device
-    from ..models._slice import SliceModel, load_slice_model, slice_net
+    from ..models._slice import FORMAT, SliceModel, load_slice_model, slice_net
     from ..training._engine import check_out, fit, start
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -230,7 +234,7 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
                          "train_on=('train', 'val', 'test') for a small cohort")
 
     def mismatch(have: dict[str, Any]) -> str | None:
-        if (have.get("format") != "ctvol-slice-model" or have.get("task") != task
+        if (have.get("format") != FORMAT or have.get("task") != task
                 or have.get("classes") != list(classes)):
             return (f"holds a checkpoint of another kind, task or class set "
                     f"({have.get('format')}, {have.get('task')}, {have.get('classes')})")
