@@ -3,31 +3,37 @@
 Both reuse the project's training machinery: slices are read one at a time
 straight from Zarr (never whole volumes), the paper's augmentation
 (:func:`ctvol.training.random_affine`: rotation, shift, zoom, flip) runs
-batch-wise in torch, Adam optimises, and the checkpoint is the project's
-format (safetensors + JSON, :mod:`ctvol.models._slice`). Series are assigned
-to train / validation / test by :func:`ctvol.curation.partition_of`.
+batch-wise in torch, and the epoch loop is the U-nets' (``ctvol.training``'s
+engine: Adam, every draw of epoch ``e`` from ``(seed, e)``, an exact resume).
+The checkpoint is the project's format (safetensors + JSON,
+:mod:`ctvol.models._slice`). Series are assigned to train / validation / test
+by :func:`ctvol.curation.partition_of`.
 
 Output folder::
 
     out/model.safetensors, out/config.json   the epoch with the best validation
                                              loss (the last epoch without validation)
+    out/last/                                the last epoch's checkpoint and optimiser
+                                             state (train_state.*), for resume=True
     out/log.csv                              one row per epoch
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._deps import require
 from ..errors import LabelError, OptionError
 from ..io._handles import HuHandles
+
+if TYPE_CHECKING:
+    from ..training._engine import Kind
 
 __all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
 
@@ -156,6 +162,9 @@ class SliceItems:
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to draw per epoch: the items are fixed (the epoch engine's hook)."""
+
     def __getitem__(self, i: int) -> tuple[Any, float]:
         from ..models._slice import prepare
 
@@ -172,19 +181,46 @@ def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
             if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
 
 
+def _kind(task: str) -> Kind:
+    """What the epoch engine does for a slice model: its loss, accuracy (classifier)
+    or mean absolute error (localizer), label targets, the best epoch in ``out``."""
+    import torch
+
+    from ..models._slice import save_slice_model
+    from ..training._engine import Kind
+
+    def loss(logits: Any, y: Any) -> Any:
+        if task == "classify":
+            return torch.nn.functional.cross_entropy(logits, y.long())
+        # The method's regression: sigmoid output, mean squared error.
+        return torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), y.float())
+
+    def keep(x: Any, p: Any, y: Any) -> tuple[np.ndarray, ...]:
+        return p.numpy(), y.numpy()
+
+    metric = "val_accuracy" if task == "classify" else "val_mae"
+
+    def measure(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        pt, yt = torch.from_numpy(p), torch.from_numpy(y)
+        score = (float((pt.argmax(1) == yt.long()).float().mean()) if task == "classify"
+                 else float((torch.sigmoid(pt[:, 0]) - yt.float()).abs().mean()))
+        return {metric: score}
+
+    return Kind(loss=loss, save=save_slice_model, metrics=[metric], keep=keep, measure=measure,
+                describe=lambda m: f"{metric} {m[metric]:.4f}", loss_per_sample=True, digits=4,
+                image_targets=False, best=".")
+
+
 def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str], out: Any,
          epochs: int, batch_size: int, lr: float, input_size: int,
          architecture: Mapping[str, Any] | None, augment: bool, train_on: Sequence[str],
-         validate_on: Sequence[str], device: str | None, seed: int, progress: bool,
-         storage_options: Any, provenance: Mapping[str, Any]) -> Any:
-    import torch
-    from torch.utils.data import DataLoader
-
+         validate_on: Sequence[str], device: str | None, seed: int, resume: bool,
+         progress: bool, storage_options: Any, provenance: Mapping[str, Any]) -> Any:
     from ..intensity import HU_WINDOW
     from ..io._layout import store_url
     from ..models._runtime import resolve_device
-    from ..models._slice import SliceModel, save_slice_model, slice_net
-    from ..training.augment import random_affine
+    from ..models._slice import FORMAT, SliceModel, load_slice_model, slice_net
+    from ..training._engine import check_out, fit, start
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
@@ -196,80 +232,36 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
         raise LabelError(f"no labelled slices in partitions {list(train_on)} (series go to "
                          "train/val/test by ctvol.curation.partition_of); pass "
                          "train_on=('train', 'val', 'test') for a small cohort")
+
+    def mismatch(have: dict[str, Any]) -> str | None:
+        if (have.get("format") != FORMAT or have.get("task") != task
+                or have.get("classes") != list(classes)):
+            return (f"holds a checkpoint of another kind, task or class set "
+                    f"({have.get('format')}, {have.get('task')}, {have.get('classes')})")
+        return None
+
+    out_dir = check_out(out, resume, mismatch, "resume=True")
     dev = resolve_device(device)
-    torch.manual_seed(seed)
     arch = {"widths": (16, 32, 64, 128), "blocks": 1, **(architecture or {})}
-    net = slice_net(len(classes), **arch).to(torch.device(dev))
+    net, optimizer, done, best = start(
+        lambda: slice_net(len(classes), **arch), seed=seed, dev=dev, lr=lr, resume=resume,
+        last=out_dir / "last", load=lambda p: load_slice_model(p, task=task),
+        channels_last=SliceModel.channels_last)
     model = SliceModel(net, task=task, classes=classes, input_size=input_size,
                        window=HU_WINDOW, provenance={
-                           **provenance, "store": url, "epochs": epochs, "lr": lr,
+                           **provenance, "store": url, "lr": lr,
                            "batch_size": batch_size, "augment": augment, "seed": seed,
                            "train_on": list(train_on), "validate_on": list(validate_on),
                            "train_slices": len(train_items), "val_slices": len(val_items)})
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
 
-    def loss_of(logits: Any, y: Any) -> Any:
-        if task == "classify":
-            return torch.nn.functional.cross_entropy(logits, y.long())
-        # The method's regression: sigmoid output, mean squared error.
-        return torch.nn.functional.mse_loss(torch.sigmoid(logits[:, 0]), y.float())
+    def data(its: Sequence[Item]) -> SliceItems:
+        return SliceItems(url, its, size=input_size, window=HU_WINDOW,
+                          storage_options=storage_options)
 
-    def data(its: Sequence[Item], shuffle: bool, epoch: int) -> Any:
-        ds = SliceItems(url, its, size=input_size, window=HU_WINDOW,
-                        storage_options=storage_options)
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,  # type: ignore[arg-type]
-                          generator=g)
-
-    out_dir = pathlib.Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = out_dir / "log.csv"
-    metric = "val_accuracy" if task == "classify" else "val_mae"
-    with open(log, "w", newline="") as fh:
-        csv.writer(fh).writerow(["epoch", "train_loss", "val_loss", metric])
-    best = float("inf")
-    for epoch in range(epochs):
-        net.train()
-        aug = torch.Generator().manual_seed(seed * 7_919 + epoch)
-        losses = []
-        for x, y in data(train_items, True, epoch):
-            x = x.to(dev)
-            if augment:
-                # random_affine transforms inputs and image targets together;
-                # a slice label is no image, so its target part is empty.
-                x, _ = random_affine(x, x[:, :0], generator=aug)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_of(net(x), y.to(dev))
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        net.eval()
-        vl, score = float("nan"), float("nan")
-        if val_items:
-            preds, ys = [], []
-            with torch.inference_mode():
-                for x, y in data(val_items, False, 0):
-                    preds.append(net(x.to(dev)).float().cpu())
-                    ys.append(y)
-            p, t = torch.cat(preds), torch.cat(ys)
-            vl = float(loss_of(p, t))
-            score = (float((p.argmax(1) == t.long()).float().mean()) if task == "classify"
-                     else float((torch.sigmoid(p[:, 0]) - t.float()).abs().mean()))
-        row = [epoch + 1, float(np.mean(losses)), vl, score]
-        with open(log, "a", newline="") as fh:
-            csv.writer(fh).writerow(row)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: train {row[1]:.4f} val {vl:.4f} {metric} "
-                  f"{score:.4f}", flush=True)
-        crit = vl if val_items else -epoch  # without validation: the last epoch
-        if crit < best:
-            best = crit
-            model.provenance.update({"best_epoch": epoch + 1, "train_loss": row[1],
-                                     "val_loss": vl, metric: score})
-            model._digest = None
-            save_slice_model(model, out_dir)
-    from ..models._slice import load_slice_model
-
+    fit(_kind(task), model, optimizer, data(train_items), data(val_items) if val_items else None,
+        out_dir=out_dir, start=done, best=best, epochs=epochs, resume=resume,
+        augment={} if augment else None, seed=seed, batch_size=batch_size, num_workers=0,
+        dev=dev, amp=False, progress=progress)
     return load_slice_model(out_dir, task=task)
 
 
@@ -289,6 +281,7 @@ def train_classifier(
     validate_on: Sequence[str] = ("val",),
     device: str | None = None,
     seed: int = 0,
+    resume: bool = False,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -301,7 +294,9 @@ def train_classifier(
     labels : path to CSV or pandas.DataFrame
         ``series, sop_uid | z_index, label`` (:func:`read_slice_labels`).
     out : path
-        Checkpoint folder (``model.safetensors``, ``config.json``, ``log.csv``).
+        Output folder: the best epoch's checkpoint (``model.safetensors``,
+        ``config.json``), ``log.csv`` (one row per epoch) and ``last/`` (the
+        last epoch with the optimiser state, for ``resume``).
     classes : sequence of str, optional
         The label set in output order, e.g. :data:`ctvol.curation.PAPER_CLASSES`
         (blank, head, orbital, maxilla, mandible, neck); default: the labels found.
@@ -314,12 +309,28 @@ def train_classifier(
         The paper's augmentation (rotation, shift, zoom, flip).
     train_on, validate_on : sequences of {"train", "val", "test"}
         Partitions (:func:`ctvol.curation.partition_of`) to train and select on.
+        Without validation slices the last epoch is kept.
+    device, seed : str, int
+        Default CUDA when available; ``seed`` seeds initialisation and every
+        epoch's draws (shuffling, augmentation).
+    resume : bool, default False
+        Continue from ``out/last`` up to ``epochs`` in total, exactly as an
+        uninterrupted run.
 
     Returns
     -------
     SliceModel
         The best checkpoint, loaded from ``out``; use it with
         :func:`ctvol.classify_slices`.
+
+    Raises
+    ------
+    LabelError
+        Bad labels table; no labelled slices in ``train_on``.
+    FileExistsError
+        ``out`` holds a training run (``out/last``) and ``resume`` is False.
+    ValueError
+        ``out/last`` holds a checkpoint of another task or class set.
     """
     require("torch", "ctvol.curation.train_classifier")
     items, classes = read_slice_labels(store, labels, classes=classes,
@@ -327,7 +338,8 @@ def train_classifier(
     return _fit(store, items, task="classify", classes=classes, out=out, epochs=epochs,
                 batch_size=batch_size, lr=lr, input_size=input_size, architecture=architecture,
                 augment=augment, train_on=train_on, validate_on=validate_on, device=device,
-                seed=seed, progress=progress, storage_options=storage_options,
+                seed=seed, resume=resume, progress=progress,
+                storage_options=storage_options,
                 provenance={"labels": str(labels) if not hasattr(labels, "columns")
                             else "DataFrame", "labelled_slices": len(items)})
 
@@ -347,6 +359,7 @@ def train_localizer(
     validate_on: Sequence[str] = ("val",),
     device: str | None = None,
     seed: int = 0,
+    resume: bool = False,
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -393,5 +406,6 @@ def train_localizer(
     return _fit(store, items, task="localize", classes=["location"], out=out, epochs=epochs,
                 batch_size=batch_size, lr=lr, input_size=input_size, architecture=architecture,
                 augment=augment, train_on=train_on, validate_on=validate_on, device=device,
-                seed=seed, progress=progress, storage_options=storage_options,
+                seed=seed, resume=resume, progress=progress,
+                storage_options=storage_options,
                 provenance={"annotated_series": len(annotations)})

@@ -1,9 +1,14 @@
-"""The epoch loop shared by :func:`ctvol.train` and :func:`ctvol.train_inplane`.
+"""The one epoch loop of every trainer: :func:`ctvol.train`, :func:`ctvol.train_inplane`
+and the slice classifier and localizer (:func:`ctvol.curation.train_classifier`,
+:func:`ctvol.curation.train_localizer`).
 
-Both write the same output folder (``last/`` with the optimiser state for an
-exact resume, ``best/``, ``log.csv``), draw every random number of epoch ``e``
-from ``(seed, e)``, and validate against a classical baseline (linear between
-slices, bilinear in-plane). What differs between them is a :class:`Kind`.
+Every trainer writes the same kind of output folder (``last/`` with the
+optimiser state for an exact resume, the best epoch's checkpoint, ``log.csv``
+with one row per epoch), draws every random number of epoch ``e`` from
+``(seed, e)``, and keeps the epoch with the lowest validation loss (or the
+highest value of a chosen validation metric). What differs between them is a
+:class:`Kind`: the loss, what validation measures, where the best checkpoint
+goes and how it is written.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,31 +35,68 @@ class Kind:
     ----------
     loss : callable
         ``loss(output, target)`` → scalar tensor, for training and validation.
-    baseline : str
-        Name of the classical method in the log columns, the progress lines
-        and the provenance (``"linear"``, ``"bilinear"``).
-    baseline_of : callable
-        A validation input batch → the baseline's output (numpy, as the target).
     save : callable
-        ``save(model, folder)`` writes ``best/``.
+        ``save(model, folder)`` writes the best checkpoint.
+    metrics : sequence of str
+        Names of the validation metrics: the log columns after ``val_loss``,
+        and keys of the model's provenance.
+    keep : callable
+        ``keep(x, output, target)`` of one validation batch (CPU tensors, the
+        output as float32) → a tuple of numpy arrays to keep.
+    measure : callable
+        The kept arrays, each concatenated over the batches → ``{metric: value}``.
+    describe : callable
+        ``{metric: value}`` → the metrics' part of a progress line.
     loss_per_sample : bool
         Validation loss averaged over samples (else: the mean of batch means).
     digits : int
         Decimals of the losses in the progress lines.
+    image_targets : bool
+        Targets are images transformed with the inputs by the augmentation
+        (else: labels, left as they are).
+    best : str
+        The best checkpoint's folder, relative to the output folder (``"."``:
+        the output folder itself).
     """
 
     loss: Callable[[Any, Any], Any]
-    baseline: str
-    baseline_of: Callable[[Any], np.ndarray]
     save: Callable[[Any, pathlib.Path], Any]
+    metrics: Sequence[str]
+    keep: Callable[[Any, Any, Any], tuple[np.ndarray, ...]]
+    measure: Callable[..., dict[str, float]]
+    describe: Callable[[dict[str, float]], str]
     loss_per_sample: bool
     digits: int
+    image_targets: bool = True
+    best: str = "best"
 
 
-def log_columns(baseline: str) -> list[str]:
+def image_kind(*, loss: Callable[[Any, Any], Any], baseline: str,
+               baseline_of: Callable[[Any], np.ndarray], save: Callable[[Any, pathlib.Path], Any],
+               loss_per_sample: bool, digits: int) -> Kind:
+    """The kind of the U-net trainers: validation PSNR/SSIM of the network and of
+    a classical ``baseline`` (``"linear"``, ``"bilinear"``) computed by
+    ``baseline_of(input batch)`` (numpy, as the target)."""
+    names = ["val_psnr_unet", "val_ssim_unet", f"val_psnr_{baseline}", f"val_ssim_{baseline}"]
+
+    def keep(x: Any, p: Any, y: Any) -> tuple[np.ndarray, ...]:
+        return p.numpy(), baseline_of(x), y.numpy()
+
+    def measure(pred: np.ndarray, base: np.ndarray, target: np.ndarray) -> dict[str, float]:
+        return dict(zip(names, (*psnr_ssim(pred, target), *psnr_ssim(base, target)), strict=True))
+
+    def describe(m: dict[str, float]) -> str:
+        u, b = m, baseline
+        return (f"PSNR unet {u['val_psnr_unet']:.2f} {b} {u[f'val_psnr_{b}']:.2f} | SSIM unet "
+                f"{u['val_ssim_unet']:.4f} {b} {u[f'val_ssim_{b}']:.4f}")
+
+    return Kind(loss=loss, save=save, metrics=names, keep=keep, measure=measure,
+                describe=describe, loss_per_sample=loss_per_sample, digits=digits)
+
+
+def log_columns(metrics: Sequence[str]) -> list[str]:
     """The header of ``log.csv``."""
-    return ["epoch", "train_loss", "val_loss", "val_psnr_unet", "val_ssim_unet",
-            f"val_psnr_{baseline}", f"val_ssim_{baseline}", "seconds"]
+    return ["epoch", "train_loss", "val_loss", *metrics, "seconds"]
 
 
 def save_state(folder: pathlib.Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
@@ -133,14 +175,17 @@ def check_out(out: str | os.PathLike[str], resume: bool,
 
 
 def start(make_net: Callable[[], Any], *, seed: int, dev: str, lr: float, resume: bool,
-          last: pathlib.Path, load: Callable[[pathlib.Path], Any]) -> tuple[Any, Any, int, float]:
-    """The seeded network on ``dev`` (channels-last), its Adam optimiser, the epochs
-    done and the best validation loss so far (on ``resume``: from ``last``)."""
+          last: pathlib.Path, load: Callable[[pathlib.Path], Any],
+          channels_last: bool = True) -> tuple[Any, Any, int, float]:
+    """The seeded network on ``dev`` (channels-last unless ``channels_last`` is
+    False), its Adam optimiser, the epochs done and the best validation score so
+    far (on ``resume``: from ``last``)."""
     import torch
 
     torch.manual_seed(seed)
     net = make_net().to(torch.device(dev))
-    net = net.to(memory_format=torch.channels_last)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     if not resume:
         return net, optimizer, 0, float("inf")
@@ -168,25 +213,31 @@ def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
         out_dir: pathlib.Path, start: int, best: float, epochs: int, resume: bool,
         augment: dict[str, Any] | None, seed: int, batch_size: int, num_workers: int,
         dev: str, amp: bool, progress: bool, max_windows: int | None = None,
-        select: str = "loss") -> None:
+        select: str | None = None) -> None:
     """Run epochs ``start`` .. ``epochs - 1``: train, validate, log, keep the best and last.
 
+    ``train_set`` has ``set_epoch(epoch)`` (its draws of that epoch).
+    ``val_set``: None validates nothing (the log's validation columns are NaN)
+    and keeps the last epoch as the best.
     ``augment``: :func:`ctvol.training.random_affine` keywords, or None for none.
-    ``select``: ``"loss"`` keeps the epoch with the lowest validation loss,
-    ``"psnr"`` the one with the highest validation PSNR (``best`` and the
-    resume state hold the score minimised: the loss, or minus the PSNR).
+    ``select``: None keeps the epoch with the lowest validation loss, a metric
+    name (``"val_psnr_unet"``) the one with its highest value (``best`` and the
+    resume state hold the score minimised: the loss, or minus the metric).
     """
     import torch
 
     from .augment import random_affine
 
+    if select is not None and select not in kind.metrics:
+        raise OptionError(f"select must be None or one of {list(kind.metrics)}, got {select!r}")
     net = model.net
+    cl = torch.channels_last if model.channels_last else torch.contiguous_format
     out_dir.mkdir(parents=True, exist_ok=True)
     last = out_dir / "last"
     log_path = out_dir / "log.csv"
     if not resume or not log_path.exists():
         with open(log_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(log_columns(kind.baseline))
+            csv.writer(fh).writerow(log_columns(kind.metrics))
     opts: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "num_workers": num_workers,
                             "dev": dev}
     for epoch in range(start, epochs):
@@ -198,9 +249,11 @@ def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
         for x, y in loader(train_set, epoch, True, max_windows=max_windows, **opts):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            if augment is not None:
+            if augment is not None and kind.image_targets:
                 x, y = random_affine(x, y, generator=aug_gen, **augment)
-            x = x.contiguous(memory_format=torch.channels_last)
+            elif augment is not None:  # a label is no image: transform the inputs only
+                x, _ = random_affine(x, x[:, :0], generator=aug_gen, **augment)
+            x = x.contiguous(memory_format=cl)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and dev == "cuda"):
                 loss = kind.loss(net(x), y)
@@ -208,33 +261,37 @@ def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
             optimizer.step()
             losses.append(float(loss.detach()))
         net.eval()
-        vl, preds, bases, targets = [], [], [], []
-        with torch.inference_mode():
-            for x, y in loader(val_set, 0, False, **opts):
-                p = net(x.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
-                batch_loss = float(kind.loss(p, y))
-                vl.append(batch_loss * len(y) if kind.loss_per_sample else batch_loss)
-                preds.append(p.numpy())
-                bases.append(kind.baseline_of(x))
-                targets.append(y.numpy())
-        pred, base, tgt = (np.concatenate(a) for a in (preds, bases, targets))
-        psnr_u, ssim_u = psnr_ssim(pred, tgt)
-        psnr_b, ssim_b = psnr_ssim(base, tgt)
-        val_loss = float(np.sum(vl) / len(tgt)) if kind.loss_per_sample else float(np.mean(vl))
-        row = [epoch + 1, float(np.mean(losses)), val_loss, psnr_u, ssim_u, psnr_b, ssim_b,
+        val_loss, metrics = validate(kind, net, val_set, cl, opts)
+        row = [epoch + 1, float(np.mean(losses)), val_loss, *(metrics[m] for m in kind.metrics),
                round(time.perf_counter() - t0, 2)]
         with open(log_path, "a", newline="") as fh:
             csv.writer(fh).writerow(row)
-        b, d = kind.baseline, kind.digits
         if progress:
+            d = kind.digits
             print(f"epoch {epoch + 1}/{epochs}: train {row[1]:.{d}f} val {val_loss:.{d}f} | "
-                  f"PSNR unet {psnr_u:.2f} {b} {psnr_b:.2f} | SSIM unet {ssim_u:.4f} "
-                  f"{b} {ssim_b:.4f} | {row[-1]} s", flush=True)
-        model.provenance.update({"epochs": epoch + 1, "val_loss": val_loss,
-                                 "val_psnr_unet": psnr_u, f"val_psnr_{b}": psnr_b,
-                                 "val_ssim_unet": ssim_u, f"val_ssim_{b}": ssim_b})
-        score = val_loss if select == "loss" else -psnr_u
-        if score < best:
+                  f"{kind.describe(metrics)} | {row[-1]} s", flush=True)
+        model.provenance.update({"epochs": epoch + 1, "val_loss": val_loss, **metrics})
+        score = val_loss if select is None else -metrics[select]
+        if val_set is None or score < best:
             best = score
-            kind.save(model, out_dir / "best")
+            kind.save(model, out_dir / kind.best)
         save_state(last, model, optimizer, {"epoch": epoch + 1, "best_val_loss": best})
+
+
+def validate(kind: Kind, net: Any, val_set: Any, memory_format: Any,
+             opts: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The validation loss and metrics of ``net`` on ``val_set`` (NaN without one)."""
+    import torch
+
+    if val_set is None:
+        return float("nan"), dict.fromkeys(kind.metrics, float("nan"))
+    losses, kept, n = [], [], 0
+    with torch.inference_mode():
+        for x, y in loader(val_set, 0, False, **opts):
+            p = net(x.to(opts["dev"]).contiguous(memory_format=memory_format)).float().cpu()
+            batch_loss = float(kind.loss(p, y))
+            losses.append(batch_loss * len(y) if kind.loss_per_sample else batch_loss)
+            kept.append(kind.keep(x, p, y))
+            n += len(y)
+    val_loss = float(np.sum(losses) / n) if kind.loss_per_sample else float(np.mean(losses))
+    return val_loss, kind.measure(*(np.concatenate(a) for a in zip(*kept, strict=True)))

@@ -338,7 +338,7 @@ def train_inplane(
     from ..models._runtime import resolve_device
     from ..models.inplane import InplaneModel, load_inplane_model, save_inplane_model
     from ..models.inplane_unet import InplaneUNet
-    from ._engine import Kind, check_out, fit, start
+    from ._engine import check_out, fit, image_kind, start
 
     f = check_factor(factor)
     if loss not in LOSSES:
@@ -374,9 +374,9 @@ def train_inplane(
     }
     model = InplaneModel(net, normalisation=train_set.normalisation, loss=loss,
                          provenance=provenance)
-    kind = Kind(loss=lambda p, t: _loss(p.float(), t, loss), baseline="bilinear",
-                baseline_of=lambda x: x.numpy(), save=save_inplane_model,
-                loss_per_sample=True, digits=5)
+    kind = image_kind(loss=lambda p, t: _loss(p.float(), t, loss), baseline="bilinear",
+                      baseline_of=lambda x: x.numpy(), save=save_inplane_model,
+                      loss_per_sample=True, digits=5)
     fit(kind, model, optimizer, train_set, val_set, out_dir=out_dir, start=done, best=best,
         epochs=epochs, resume=resume, augment=aug_kw if augment else None, seed=seed,
         batch_size=batch_size, num_workers=num_workers, dev=dev, amp=amp, progress=progress)

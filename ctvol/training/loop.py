@@ -21,7 +21,7 @@ from typing import Any
 
 from .._deps import require
 from ..errors import ModelError, OptionError
-from ._engine import Kind, check_out, fit, start
+from ._engine import check_out, fit, image_kind, start
 
 __all__ = ["train"]
 
@@ -252,12 +252,12 @@ def train(
         provenance["test_slices"] = _test_slices(store, block_spec)
     if start_from is not None:
         provenance["init"] = {"model": str(init), "digest": start_from.digest}
-    kind = Kind(loss=losses[loss], baseline="linear",
-                baseline_of=lambda x: linear_between(x, factor).numpy(), save=save_model,
-                loss_per_sample=False, digits=4)
+    kind = image_kind(loss=losses[loss], baseline="linear",
+                      baseline_of=lambda x: linear_between(x, factor).numpy(), save=save_model,
+                      loss_per_sample=False, digits=4)
     fit(kind, ResliceModel(net, provenance=provenance), optimizer, train_set, val_set,
         out_dir=out_dir, start=done, best=best, epochs=epochs, resume=resume,
         augment={} if augment else None, seed=seed, batch_size=batch_size,
         num_workers=num_workers, dev=dev, amp=amp, progress=progress, max_windows=max_windows,
-        select=select)
+        select=None if select == "loss" else "val_psnr_unet")
     return load_model(out_dir / "best")

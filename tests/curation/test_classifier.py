@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 import ctvol
 from ctvol.curation import PAPER_CLASSES, read_slice_labels
-from ctvol.errors import LabelError
+from ctvol.errors import LabelError, NoInputError, OptionError, OutputExistsError
 from ctvol.testing import head_phantom, raise_if_dask_computes, write_dicom_series
 
 N, BLANK = 10, 3  # slices per series; the first BLANK are air
@@ -93,3 +94,77 @@ def test_labels_naming_unknown_slices(store: str, edit, match: str) -> None:  # 
 def test_labels_outside_the_class_set(store: str) -> None:
     with pytest.raises(LabelError, match=r"labels \['head'\] are not in classes \['blank'\]"):
         read_slice_labels(store, table(store), classes=["blank"])
+
+
+# The epoch loop (ctvol.training's engine, shared with the U-nets): one log row
+# per epoch, the best validation epoch kept in out/, an exact resume from out/last.
+
+ALL = ("train", "val", "test")
+
+
+def small(store: str, out: pathlib.Path, epochs: int, **kw: object) -> object:
+    opts: dict = {"classes": PAPER_CLASSES, "epochs": epochs, "batch_size": 8, "input_size": 32,
+                  "lr": 3e-3, "architecture": {"widths": (8, 16)}, "train_on": ALL, **kw}
+    return ctvol.train_classifier(store, table(store), out=out, **opts)
+
+
+def weights(folder: pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_best_epoch_is_the_lowest_validation_loss(store: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "clf"
+    model = small(store, out, 4, validate_on=ALL, lr=0.3)  # validates on its training slices
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "val_accuracy", "seconds"]
+    assert log["epoch"].tolist() == [1, 2, 3, 4]
+    best = int(log["val_loss"].idxmin()) + 1
+    assert model.provenance["epochs"] == best  # type: ignore[attr-defined]
+    assert model.provenance["val_loss"] == log["val_loss"][best - 1]  # type: ignore[attr-defined]
+    state = json.loads((out / "last" / "train_state.json").read_text())
+    assert state["epoch"] == 4 and state["best_val_loss"] == log["val_loss"].min()
+    # out/ holds the weights of that epoch: those of a run stopped there
+    again = tmp_path / "again"
+    small(store, again, best, validate_on=ALL, lr=0.3)
+    for k, v in weights(again / "last").items():
+        np.testing.assert_array_equal(weights(out)[k], v)
+
+
+def test_without_validation_the_last_epoch_is_kept(store: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "clf"
+    model = small(store, out, 2, validate_on=())
+    log = pd.read_csv(out / "log.csv")
+    assert log["epoch"].tolist() == [1, 2] and log[["val_loss", "val_accuracy"]].isna().all().all()
+    assert model.provenance["epochs"] == 2  # type: ignore[attr-defined]
+    for k, v in weights(out / "last").items():
+        np.testing.assert_array_equal(weights(out)[k], v)
+
+
+def test_resume_continues_exactly(store: str, tmp_path: pathlib.Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    small(store, a, 3, validate_on=ALL)
+    small(store, b, 1, validate_on=ALL)
+    assert json.loads((b / "last" / "train_state.json").read_text())["epoch"] == 1
+    resumed = small(store, b, 3, validate_on=ALL, resume=True)
+    log_a, log_b = pd.read_csv(a / "log.csv"), pd.read_csv(b / "log.csv")
+    assert log_b["epoch"].tolist() == [1, 2, 3]  # one row per epoch, header once
+    pd.testing.assert_frame_equal(log_a.drop(columns="seconds"), log_b.drop(columns="seconds"))
+    for folder in (pathlib.Path("."), pathlib.Path("last")):
+        wa, wb = weights(a / folder), weights(b / folder)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            np.testing.assert_array_equal(wa[k], wb[k])
+    assert resumed.digest == ctvol.curation.load_slice_model(a).digest  # type: ignore[attr-defined]
+
+
+def test_output_folder_checks(store: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "clf"
+    with pytest.raises(NoInputError, match="nothing to resume"):
+        small(store, out, 1, validate_on=(), resume=True)
+    small(store, out, 1, validate_on=())
+    with pytest.raises(OutputExistsError, match=r"epoch 1\); pass resume=True"):
+        small(store, out, 2, validate_on=())
+    with pytest.raises(OptionError, match="another kind, task or class set"):
+        small(store, out, 2, validate_on=(), classes=["blank", "head"], resume=True)
