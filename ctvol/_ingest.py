@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._volume import history_record
 from .errors import GeometryWarning, IngestWarning, NoInputError
 from .io.store import SERIES_COLUMNS
 
@@ -221,7 +222,7 @@ def ingest(
         else:
             to_write.append(plan)
 
-    history = f"ctvol {__version__} ingest(padding_fill={padding_fill}, split_gaps={split_gaps})"
+    history = history_record("ingest", {"padding_fill": padding_fill, "split_gaps": split_gaps})
     if to_write:
         root.require_group("series")  # once, before tasks create groups inside it
 
@@ -290,7 +291,7 @@ def _write_failed(exc: BaseException, url: str, key: str) -> dict[str, Any]:
                      "(the worker logs say which)"}
 
 
-def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str | Any,
+def _series_write(plan: SeriesPlan, url: str, *, history: dict[str, Any], compressor: str | Any,
                   padding_fill: int | None, storage_options: dict[str, Any] | None) -> Any:
     """One series' write graph: create its group, write its shards, flag it complete."""
     import dask

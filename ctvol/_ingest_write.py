@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["begin_series", "finish_series", "series_dataset", "write_slices"]
 
 
-def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
+def series_dataset(plan: SeriesPlan, *, history: dict[str, Any]) -> xr.Dataset:
     """The Dataset a plan becomes, with ``hu`` as a lazy placeholder.
 
     Coordinates follow DESIGN.md: z along the slice normal, y along the column
@@ -94,7 +94,7 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
 
 
 def begin_series(
-    store: str, plan: SeriesPlan, *, history: str, compressor: str | Any = "lz4",
+    store: str, plan: SeriesPlan, *, history: dict[str, Any], compressor: str | Any = "lz4",
     storage_options: Mapping[str, Any] | None = None, write_id: str | None = None,
 ) -> str:
     """Create (or replace) a series group: metadata and coords, no pixels, no flag.

@@ -161,11 +161,12 @@ def _spacing(ds: Any, dim: str) -> float:
 
 
 def _regrid(ds: Any, data: Any, y_new: np.ndarray | None, x_new: np.ndarray | None,
-            factor_y: float, attrs_update: dict[str, Any], history: str) -> Any:
+            factor_y: float, attrs_update: dict[str, Any],
+            history: tuple[str, dict[str, Any]]) -> Any:
     """A new Dataset: ``data`` as hu on the new y/x grid, geometry attrs moved with it."""
     import xarray as xr
 
-    attrs = derive_attrs(ds.attrs, history)
+    attrs = derive_attrs(ds.attrs, *history)
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     sp = list(attrs.get("spacing", [np.nan, dy, dx]))
     attrs["spacing"] = [sp[0], dy / factor_y, dx / factor_y]
@@ -263,7 +264,6 @@ def upsample_inplane(
     import dask.array as da
 
     from ._compute import cluster_has_gpu
-    from ._version import __version__
     from .models._runtime import resolve_device
 
     f = check_factor(factor)
@@ -302,15 +302,16 @@ def upsample_inplane(
         )
     y_new = _new_axis(ds["y"].values, f) if "y" in ds.coords else None
     x_new = _new_axis(ds["x"].values, f) if "x" in ds.coords else None
-    desc = (f"ctvol {__version__} upsample_inplane(factor={f}, method={method!r}"
-            + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
-            + ")")
+    params: dict[str, Any] = {"factor": f, "method": method}
+    if loaded is not None:
+        params["model"] = loaded.path or loaded.digest[:12]
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     info = {"generated": True, "factor": f, "method": method,
             "source_spacing_mm": [dy, dx],
             "model_digest": loaded.digest if loaded is not None else None,
             "normalisation": loaded.normalisation if loaded is not None else None}
-    return _regrid(ds, out, y_new, x_new, f, {"inplane": info}, desc)
+    return _regrid(ds, out, y_new, x_new, f, {"inplane": info},
+                   ("upsample_inplane", params))
 
 
 def _block(hu: np.ndarray, rng: Any, model: Any, **kw: Any) -> np.ndarray:
@@ -387,7 +388,6 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
     """
     import dask.array as da
 
-    from ._version import __version__
 
     f = check_factor(factor)
     check_volume(ds)
@@ -403,7 +403,7 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
                         dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16))
     y_new = _area_axis(ds["y"].values, f) if "y" in ds.coords else None
     x_new = _area_axis(ds["x"].values, f) if "x" in ds.coords else None
-    desc = f"ctvol {__version__} downsample_inplane(factor={f}, method='area')"
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     info = {"factor": f, "method": "area", "source_spacing_mm": [dy, dx]}
-    return _regrid(ds, out, y_new, x_new, 1.0 / f, {"inplane_downsampled": info}, desc)
+    return _regrid(ds, out, y_new, x_new, 1.0 / f, {"inplane_downsampled": info},
+                   ("downsample_inplane", {"factor": f, "method": "area"}))

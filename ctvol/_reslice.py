@@ -228,7 +228,6 @@ def reslice(
     import dask.array as da
     import xarray as xr
 
-    from ._version import __version__
     from .models._runtime import resolve_device
 
     if method not in METHODS:
@@ -374,13 +373,13 @@ def reslice(
     z_out = z[0] + idx * (dz / k)
     z_out[~generated] = z  # acquired slices keep their exact positions
     acquired = np.where(generated, -1, idx // k)
-    desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, "
-            + (f"method='auto' -> {method!r}" if auto is not None else f"method={method!r}")
-            + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
-            + ")")
-    if auto is not None:
-        desc += f" [{auto_text(auto)}]"
-    attrs = derive_attrs(ds.attrs, desc)
+    params: dict[str, Any] = {"factor": k, "keep_every": m,
+                              "method": "auto" if auto is not None else method}
+    if auto is not None:  # the decision and its scores (all of them: attrs["reslice"]["auto"])
+        params.update(chosen=method, decision=auto_text(auto))
+    if loaded is not None:
+        params["model"] = loaded.path or loaded.digest[:12]
+    attrs = derive_attrs(ds.attrs, "reslice", params)
     spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
     attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
     attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
@@ -444,10 +443,8 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
     none generated, with the same coordinates and attrs as a resliced one."""
     import xarray as xr
 
-    from ._version import __version__
-
-    attrs = derive_attrs(ds.attrs, f"ctvol {__version__} reslice: already at {dz:.4g} mm, "
-                                   "unchanged")
+    attrs = derive_attrs(ds.attrs, "reslice", {"method": method, "unchanged": True,
+                                               "spacing_mm": float(f"{dz:.6g}")})
     attrs["reslice"] = {"factor": 1, "keep_every": 1, "method": method,
                         "source_spacing_mm": dz, "model_digest": None, "unchanged": True}
     coords: dict[str, Any] = {"z": ("z", z, ds["z"].attrs),

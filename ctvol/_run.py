@@ -289,7 +289,7 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
         return int(ds.sizes["z"]), fine
 
     slices = made = 0
-    decisions: dict[str, tuple[str, dict[str, Any], str]] = {}
+    decisions: dict[str, tuple[str, dict[str, Any], Any]] = {}  # method, record, history entry
     stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for key in list_series(cfg["store"], storage_options=so):

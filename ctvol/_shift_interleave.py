@@ -311,7 +311,6 @@ def shift_interleave(
 
     from ._compute import cluster_has_gpu
     from ._predictor import resolve
-    from ._version import __version__
 
     if isinstance(ds, xr.Dataset):
         if var not in ds:
@@ -453,12 +452,11 @@ def shift_interleave(
             spacing_attr[dims.index(a)] = float(spacing_attr[dims.index(a)]) / k
     if pred.outputs and pred.classes is not None:
         coords["class"] = ("class", np.array(pred.classes, dtype=object))  # zarr: vlen strings
-    options = "".join([", per_slice=True" if pred.per_slice else "",
-                       ", labels=True" if pred.labels else ""])
-    desc = (f"ctvol {__version__} shift_interleave(factor={list(factors)}, "
-            f"axis={list(axes)}, fuse={fuse!r}, order={order}, extend={extend}{options}, "
-            f"predict={pred.description!r})")
-    attrs = derive_attrs(attrs_in, desc)
+    params: dict[str, Any] = {"factor": list(factors), "axis": [str(a) for a in axes],
+                              "fuse": fuse, "order": int(order), "extend": bool(extend)}
+    params.update({o: True for o in ("per_slice", "labels") if getattr(pred, o)})
+    params["predict"] = pred.description
+    attrs = derive_attrs(attrs_in, "shift_interleave", params)
     if spacing_attr is not None:
         attrs["spacing"] = spacing_attr
     attrs["sub_voxel_prediction"] = True

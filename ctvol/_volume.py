@@ -6,16 +6,24 @@ these helpers validate metadata only and never compute.
 
 from __future__ import annotations
 
+import json
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
+from ._version import __version__
 from .errors import OptionError, VolumeError
 
-__all__ = ["STORE_ATTRS", "axis_spacing", "check_factor", "check_volume", "derive_attrs",
-           "uneven_step"]
+__all__ = ["STORE_ATTRS", "HistoryEntry", "axis_spacing", "check_factor", "check_volume",
+           "derive_attrs", "history_record", "history_text", "uneven_step"]
+
+#: One entry of ``attrs["ctvol_history"]``: a record ``{"op", "params", "version"}``
+#: (:func:`history_record`), or a string in stores written before records existed
+#: (``"ctvol 0.1.0.dev0 reslice(factor=3, ...)"``). Readers accept both; display
+#: them with :func:`history_text`.
+HistoryEntry: TypeAlias = str | dict[str, Any]
 
 
 def check_factor(factor: Any) -> int:
@@ -39,17 +47,60 @@ def check_volume(ds: Any, *, min_slices: int = 0) -> None:
 STORE_ATTRS = ("complete", "sop_digest")
 
 
-def derive_attrs(attrs: Mapping[str, Any], history: str) -> dict[str, Any]:
-    """The attrs of a volume derived from one with ``attrs``: the same, without the
-    store's own flags (:data:`STORE_ATTRS`), with ``history`` appended to
-    ``ctvol_history`` (every verb's record of what it did, in order).
+def _plain(value: Any) -> Any:
+    """``value`` as a JSON type (numpy scalars and arrays, paths), for ``json.dumps``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"history params must be JSON-serialisable, got {type(value).__name__}: "
+                    f"{value!r}")
 
-    >>> derive_attrs({"complete": True, "ctvol_history": ["ingest"], "spacing": [3.0]},
-    ...              "reslice(factor=3)")
-    {'ctvol_history': ['ingest', 'reslice(factor=3)'], 'spacing': [3.0]}
+
+def history_record(op: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One ``ctvol_history`` entry: the verb ``op``, its ``params`` (as JSON types, so
+    the record survives zarr attrs unchanged: tuples become lists, numpy scalars
+    Python numbers) and the ctvol version that wrote it.
+
+    >>> history_record("reslice", {"factor": np.int64(3), "axis": ("z",)})["params"]
+    {'factor': 3, 'axis': ['z']}
+    """
+    return {"op": op, "params": json.loads(json.dumps(dict(params or {}), default=_plain)),
+            "version": __version__}
+
+
+def history_text(entry: Any) -> str:
+    """One line for a ``ctvol_history`` entry: a record as ``ctvol <version>
+    <op>(<param>=<value>, ...)``, a string (an older store's entry) as it is.
+
+    >>> history_text(history_record("curate", {"split": False}))  # doctest: +ELLIPSIS
+    'ctvol ... curate(split=False)'
+    >>> history_text("ctvol 0.1 ingest(split_gaps=False)")
+    'ctvol 0.1 ingest(split_gaps=False)'
+    """
+    if isinstance(entry, Mapping) and "op" in entry:
+        params = entry.get("params") or {}
+        args = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        return f"ctvol {entry.get('version', '?')} {entry['op']}({args})"
+    return str(entry)
+
+
+def derive_attrs(attrs: Mapping[str, Any], op: str,
+                 params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The attrs of a volume derived from one with ``attrs``: the same, without the
+    store's own flags (:data:`STORE_ATTRS`), with ``history_record(op, params)``
+    appended to ``ctvol_history`` (every verb's record of what it did, in order;
+    entries already there, records or older strings, are kept as they are).
+
+    >>> out = derive_attrs({"complete": True, "ctvol_history": ["ingest"], "spacing": [3.0]},
+    ...                    "reslice", {"factor": 3})
+    >>> out["ctvol_history"][0], out["ctvol_history"][1]["params"], "complete" in out
+    ('ingest', {'factor': 3}, False)
     """
     out = {a: v for a, v in attrs.items() if a not in STORE_ATTRS}
-    out["ctvol_history"] = [*list(attrs.get("ctvol_history", [])), history]
+    out["ctvol_history"] = [*list(attrs.get("ctvol_history", [])), history_record(op, params)]
     return out
 
 

@@ -165,11 +165,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ._ingest import format_series_table
+    from ._volume import history_text
     from .io._layout import list_incomplete
     from .io.store import catalog, list_series, open_series
 
     if args.key:
-        print(open_series(args.store, args.key))
+        ds = open_series(args.store, args.key)
+        print(ds)
+        history = ds.attrs.get("ctvol_history", [])
+        if history:  # one line per entry: records and an older store's strings alike
+            print("history:")
+            for entry in history:
+                print(f"  {history_text(entry)}")
         return 0
     if args.files:
         import pandas as pd

@@ -3,11 +3,22 @@ derived attrs, factor and volume checks)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
 
-from ctvol._volume import axis_spacing, check_factor, check_volume, derive_attrs, uneven_step
+from ctvol._version import __version__
+from ctvol._volume import (
+    axis_spacing,
+    check_factor,
+    check_volume,
+    derive_attrs,
+    history_record,
+    history_text,
+    uneven_step,
+)
 from ctvol.curation._classify import pixel_mm
 from ctvol.errors import OptionError, VolumeError
 
@@ -41,9 +52,27 @@ def test_uneven_step_names_the_worst_step() -> None:
 def test_derived_attrs_drop_the_store_flags_and_extend_the_history() -> None:
     src = {"complete": True, "sop_digest": "abc", "spacing": [1.0, 0.5, 0.5],
            "ctvol_history": ["ingest"]}
-    out = derive_attrs(src, "reslice(factor=3)")
-    assert out == {"spacing": [1.0, 0.5, 0.5], "ctvol_history": ["ingest", "reslice(factor=3)"]}
+    out = derive_attrs(src, "reslice", {"factor": 3})
+    record = {"op": "reslice", "params": {"factor": 3}, "version": __version__}
+    assert out == {"spacing": [1.0, 0.5, 0.5], "ctvol_history": ["ingest", record]}
     assert src["ctvol_history"] == ["ingest"]  # the source is not changed
+
+
+def test_history_records_are_json_and_render_like_the_old_strings() -> None:
+    r = history_record("shift_interleave", {"factor": (np.int64(5),), "fuse": "mean",
+                                            "order": np.int32(1), "extend": np.bool_(False),
+                                            "z0": np.float32(0.5)})
+    assert r == {"op": "shift_interleave", "version": __version__,
+                 "params": {"factor": [5], "fuse": "mean", "order": 1, "extend": False,
+                            "z0": 0.5}}
+    assert json.loads(json.dumps(r)) == r  # zarr attrs store it unchanged
+    assert history_text(r) == (f"ctvol {__version__} shift_interleave(factor=[5], "
+                               "fuse='mean', order=1, extend=False, z0=0.5)")
+    assert history_text(history_record("ingest")) == f"ctvol {__version__} ingest()"
+    old = "ctvol 0.1 reslice(factor=3, keep_every=1, method='linear')"  # an older store's
+    assert history_text(old) == old
+    with pytest.raises(TypeError, match="JSON-serialisable, got object"):
+        history_record("reslice", {"model": object()})
 
 
 def test_factor_and_volume_checks_name_the_problem() -> None:

@@ -225,7 +225,6 @@ def curate(
     import xarray as xr
 
     from .._compute import compute
-    from .._version import __version__
     from .._volume import check_volume, derive_attrs
     from ._classify import classify_slices
 
@@ -321,13 +320,12 @@ def curate(
     dropped.sort(key=lambda d: d["z0"])
 
     method = labs[0].attrs.get("method", "labels")
-    desc = (f"ctvol {__version__} curate(split={split}, fill_gaps={fill_gaps!r}, "
-            f"blank={list(blank)}, labels={method!r})")
+    params = {"split": split, "fill_gaps": fill_gaps, "blank": list(blank), "labels": method}
     out = []
     for i, start, stop in kept:
         seg = segments[i].isel(z=slice(start, stop))
         z = seg["z"].values
-        attrs = derive_attrs(runs[0].attrs, desc)
+        attrs = derive_attrs(runs[0].attrs, "curate", params)
         n_gen = int(seg["generated"].values.sum()) if "generated" in seg.coords else 0
         attrs["curation"] = {
             "kept": {"z0": float(z[0]), "z1": float(z[-1]), "n": int(z.size),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._volume import history_text
 from . import _grid
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
     sop = (np.asarray(ds["sop_uid"].values, dtype=object) if "sop_uid" in ds.coords
            else np.full(n, "", dtype=object))
     history = list(a.get("ctvol_history", []))
-    last = history[-1] if history else f"ctvol {__version__}"
+    last = history_text(history[-1]) if history else f"ctvol {__version__}"
     gen = (np.asarray(ds["generated"].values, dtype=bool) if "generated" in ds.coords
            else np.zeros(n, dtype=bool))
     acq = (np.asarray(ds["acquired_index"].values) if "acquired_index" in ds.coords
