@@ -42,8 +42,6 @@ FUSE = (None, "vote", "mean")
 #: Halo added for spline orders >= 2, whose prefilter has infinite support: the
 #: filter's slowest pole decays below 1e-4 (quintic: 0.43**12) within it.
 SPLINE_MARGIN = 12
-#: Relative tolerance on coordinate steps along a refined axis.
-RTOL = 1e-3
 
 # --------------------------------------------------------------------------
 # Argument checks (metadata only: nothing is computed)
@@ -99,7 +97,7 @@ def _check_depth(predict_depth: Any, dims: tuple[Hashable, ...]) -> dict[Hashabl
 
 
 def _spacing(coord: np.ndarray, name: Hashable, what: str) -> float:
-    step, bad = uneven_step(coord, rtol=RTOL, atol=1e-9, increasing=False)
+    step, bad = uneven_step(coord, increasing=False)
     if bad is not None:
         steps = np.diff(coord)
         raise GeometryError(

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import OptionError, VolumeError
+from .geometry import step_tolerance
 
 __all__ = ["STORE_ATTRS", "HistoryEntry", "axis_spacing", "check_factor", "check_volume",
            "derive_attrs", "history_record", "history_text", "uneven_step"]
@@ -48,15 +49,13 @@ STORE_ATTRS = ("complete", "sop_digest")
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as a JSON type (numpy scalars and arrays, paths), for ``json.dumps``."""
+    """``value`` as a JSON type for ``json.dumps``: numpy scalars and arrays as Python
+    numbers and lists, anything else (a path) as its string."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    raise TypeError(f"history params must be JSON-serialisable, got {type(value).__name__}: "
-                    f"{value!r}")
+    return str(value)
 
 
 def history_record(op: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -121,19 +120,22 @@ def axis_spacing(ds: Any, dim: str) -> float:
     return float("nan")
 
 
-def uneven_step(coord: np.ndarray, *, rtol: float, atol: float,
-                increasing: bool = True) -> tuple[float, int | None]:
-    """The median step of a coordinate, and the index of its worst step when any step
-    differs from the median by more than ``rtol * |median| + atol`` (else None).
-    A median of 0 (or, with ``increasing``, below 0) counts as uneven.
+def uneven_step(coord: np.ndarray, *, increasing: bool = True) -> tuple[float, int | None]:
+    """The median step of a coordinate (mm), and the index of its worst step when any
+    step differs from the median by more than the spacing tolerance,
+    :func:`ctvol.geometry.step_tolerance` (1 % of the step or 0.005 mm, the one set
+    ingest's gap split and export use too), else None. A median of 0 (or, with
+    ``increasing``, below 0) counts as uneven.
 
-    >>> uneven_step(np.array([0.0, 1.0, 2.0, 3.5]), rtol=1e-3, atol=1e-6)
+    >>> uneven_step(np.array([0.0, 1.0, 2.0, 3.5]))
     (1.0, 2)
+    >>> uneven_step(np.array([0.0, 0.625, 1.251, 1.876]))  # positions written to 1e-3 mm
+    (0.625, None)
     """
     steps = np.diff(np.asarray(coord, dtype=np.float64))
     step = float(np.median(steps))
     worst = int(np.argmax(np.abs(steps - step)))
     if (step <= 0 if increasing else step == 0) \
-            or np.any(np.abs(steps - step) > rtol * abs(step) + atol):
+            or np.any(np.abs(steps - step) > step_tolerance(step)):
         return step, worst
     return step, None

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._volume import axis_spacing
 from ..errors import CurationError, GeometryError, OptionError, VolumeError
+from ..geometry import step_tolerance
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["FILL_METHODS", "curate", "find_gaps"]
 
 FILL_METHODS = (None, "linear", "unet")
-#: Tolerance on a gap being a whole number of steps: as ingest's spacing rule.
-_ATOL_MM, _RTOL = 0.005, 0.01
 
 
 def _dz(ds: xr.Dataset) -> float:
@@ -33,7 +32,8 @@ def _dz(ds: xr.Dataset) -> float:
 
 
 def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= max(_ATOL_MM, _RTOL * abs(b))
+    """A gap is a whole number of steps within the spacing tolerance (as ingest's)."""
+    return abs(a - b) <= step_tolerance(b)
 
 
 def find_gaps(runs: Sequence[xr.Dataset]) -> list[dict[str, Any]]:
