@@ -81,15 +81,6 @@ def bilinear_hu(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
     return out
 
 
-def _model(source: Any, device: str) -> Any:
-    """The in-plane model for ``source`` (path/name or InplaneModel) on ``device``, cached
-    once per worker process (:func:`ctvol.inference.cached_model`, as for reslice models)."""
-    from .models._runtime import cached_model
-    from .models.inplane import InplaneModel, load_inplane_model
-
-    return cached_model(source, device, InplaneModel, load_inplane_model)
-
-
 def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Grey values → [0, 1]: clip to [lo, hi], map linearly (float32)."""
     out = np.clip(values, lo, hi).astype(np.float32, copy=False)
@@ -117,7 +108,10 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     if method == "bilinear":
         return bilinear_hu(hu, factor)
     up = bilinear(hu, factor)
-    m = _model(model, device)
+    from .models import INPLANE_FORMAT
+    from .models._runtime import cached_model
+
+    m = cached_model(model, device, INPLANE_FORMAT)  # once per worker process and device
     norm = m.normalisation
     if norm["kind"] == "window":
         lo, hi = norm["window"]
@@ -285,11 +279,11 @@ def upsample_inplane(
         rng = rng.to_delayed().ravel()[0]
     source: Any = None
     if loaded is not None:
+        from .models import INPLANE_FORMAT
         from .models._runtime import graph_model, remember_model
-        from .models.inplane import InplaneModel
 
         source = graph_model(loaded, "inplane")  # a path travels light; else one key
-        remember_model(source, dev, InplaneModel, loaded)
+        remember_model(source, dev, INPLANE_FORMAT, loaded)
     ny, nx = hu.shape[1:]
     gpu = method == "unet" and cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():

@@ -332,11 +332,11 @@ def reslice(
     # in-memory model travels as one graph key named by its digest.
     model_arg: Any = None
     if loaded is not None:
-        from .models import ResliceModel
+        from .models import RESLICE_FORMAT
         from .models._runtime import graph_model, remember_model
 
         model_arg = graph_model(loaded, "reslice")
-        remember_model(model_arg, dev, ResliceModel, loaded)
+        remember_model(model_arg, dev, RESLICE_FORMAT, loaded)
 
     hu = ds["hu"].data
     if not isinstance(hu, da.Array):

@@ -44,9 +44,12 @@ def _rule_block(block: np.ndarray, *, pixel: tuple[float, float], params: dict[s
 
 
 def model_block(block: np.ndarray, model: Any, *, device: str, batch_size: int) -> np.ndarray:
-    from ..models._slice import cached
+    from ..models import SLICE_FORMAT
+    from ..models._runtime import cached_model
 
-    return cached(model, device).predict(block, batch_size=batch_size)
+    # once per worker process and device
+    return cached_model(model, device, SLICE_FORMAT).predict(
+        block, batch_size=batch_size)
 
 
 def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,

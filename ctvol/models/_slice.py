@@ -235,9 +235,3 @@ def resolve(model: Any, task: str) -> SliceModel:
     raise OptionTypeError(f"model must be a SliceModel or a checkpoint folder path, got "
                           f"{type(model).__name__}")
 
-
-def cached(source: Any, device: str) -> SliceModel:
-    """The model for ``source`` (path or SliceModel) on ``device``, once per process."""
-    from ._runtime import cached_model
-
-    return cached_model(source, device, SliceModel, load_slice_model)  # type: ignore[no-any-return]
