@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._version import __version__
+from .errors import CtvolError
+from .geometry import slice_normal
 from .io._layout import SHARD_SLICES, hu_codec, open_root, sop_digest, store_url
+from .io.dicom import decode_hu
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -33,9 +37,6 @@ def series_dataset(plan: SeriesPlan, *, history: dict[str, Any]) -> xr.Dataset:
     """
     import dask.array as da
     import xarray as xr
-
-    from ._version import __version__
-    from .geometry import slice_normal
 
     first = plan.first
     n, rows, cols = plan.shape
@@ -154,9 +155,6 @@ def write_slices(
     the file, so one bad series cannot fail a cohort.
     """
     import zarr
-
-    from .errors import CtvolError
-    from .io.dicom import decode_hu
 
     assert z0 % SHARD_SLICES == 0, "writes must start on a shard boundary"
     arr = zarr.open_array(

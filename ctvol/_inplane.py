@@ -21,9 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._compute import cluster_has_gpu
 from ._deps import require
 from ._volume import axis_spacing, check_factor, check_volume, derive_attrs
 from .errors import GeometryError, ModelError, ModelNotFoundError, OptionError
+from .intensity import to_hu_int16
+from .models import INPLANE_FORMAT
+from .models._runtime import cached_model, graph_model, remember_model, resolve_device
+from .models.inplane import InplaneModel, bundled_inplane_models, load_inplane_model
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -103,13 +108,10 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     method : {"bilinear", "unet"}
     model : checkpoint path/name or InplaneModel, for ``"unet"``
     """
-    from .intensity import to_hu_int16
 
     if method == "bilinear":
         return bilinear_hu(hu, factor)
     up = bilinear(hu, factor)
-    from .models import INPLANE_FORMAT
-    from .models._runtime import cached_model
 
     m = cached_model(model, device, INPLANE_FORMAT)  # once per worker process and device
     norm = m.normalisation
@@ -257,9 +259,6 @@ def upsample_inplane(
     import dask
     import dask.array as da
 
-    from ._compute import cluster_has_gpu
-    from .models._runtime import resolve_device
-
     f = check_factor(factor)
     if method not in METHODS:
         raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -279,9 +278,6 @@ def upsample_inplane(
         rng = rng.to_delayed().ravel()[0]
     source: Any = None
     if loaded is not None:
-        from .models import INPLANE_FORMAT
-        from .models._runtime import graph_model, remember_model
-
         source = graph_model(loaded, "inplane")  # a path travels light; else one key
         remember_model(source, dev, INPLANE_FORMAT, loaded)
     ny, nx = hu.shape[1:]
@@ -313,8 +309,6 @@ def _block(hu: np.ndarray, rng: Any, model: Any, **kw: Any) -> np.ndarray:
 
 
 def _resolve_model(model: Any, factor: int) -> Any:
-    from .models.inplane import InplaneModel, bundled_inplane_models, load_inplane_model
-
     if model is None:
         bundled = bundled_inplane_models()
         names = [n for n, f in bundled.items() if f == factor]
@@ -337,8 +331,6 @@ def _resolve_model(model: Any, factor: int) -> Any:
 
 def _area_block(hu: np.ndarray, *, factor: int) -> np.ndarray:
     from skimage.measure import block_reduce
-
-    from .intensity import to_hu_int16
 
     return to_hu_int16(block_reduce(hu.astype(np.float64), (1, factor, factor), np.mean))
 

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
-from .models import RESLICE_FORMAT, SEGMENT_FORMAT, SLICE_FORMAT
-from .models._runtime import cached_model
+from .models import RESLICE_FORMAT, SEGMENT_FORMAT, SLICE_FORMAT, SegmentModel, load_segmenter
+from .models._checkpoint import read_checkpoint
+from .models._runtime import cached_model, graph_model, resolve_device
+from .models._slice import SliceModel, load_slice_model
 
 __all__ = ["Predictor", "on_worker", "resolve"]
 
@@ -67,14 +69,10 @@ class Predictor:
 
 
 def load_segment(path: str) -> Any:
-    from .models import load_segmenter
-
     return load_segmenter(path)
 
 
 def load_slice(path: str) -> Any:
-    from .models._slice import load_slice_model
-
     return load_slice_model(path)
 
 
@@ -88,7 +86,6 @@ def _cached(kind: str, source: Any, device: str) -> Any:
 
 def _load_checkpoint(path: str) -> tuple[str, Any]:
     """(kind, model) for a checkpoint folder, read on the CPU once per process."""
-    from .models._checkpoint import read_checkpoint
 
     found = read_checkpoint(pathlib.Path(path))
     if found is None:
@@ -152,8 +149,6 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         (``device``/``amp``/``labels`` for a plain callable, ``per_slice`` /
         ``classes`` that contradict a model, a localizer asked for labels).
     """
-    from .models import SegmentModel
-    from .models._slice import SliceModel
 
     if isinstance(predict, os.PathLike):
         predict = os.fspath(predict)
@@ -162,8 +157,6 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         kind, model = _load_checkpoint(path)
         source: Any = path
     elif isinstance(predict, SegmentModel | SliceModel):
-        from .models._runtime import graph_model
-
         kind = "segment" if isinstance(predict, SegmentModel) else "slice"
         model = predict
         source = graph_model(model, kind)  # its path, or one key named by its digest
@@ -228,7 +221,6 @@ def on_worker(kind: str, source: Any, *, device: str | None, amp: bool,
     """The block function for a task argument (models: cached per process and device)."""
     if kind == "callable":
         return source  # type: ignore[no-any-return]
-    from .models._runtime import resolve_device
 
     # Resolved here, on the worker: the GPU is where the task runs, not where
     # the graph was built.

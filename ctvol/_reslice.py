@@ -13,7 +13,10 @@ from ._compute import cluster_has_gpu
 from ._deps import available
 from ._volume import check_factor, derive_attrs, uneven_step
 from .errors import GeometryError, ModelError, OptionError, VolumeError
-from .models import as_model, bundled_name
+from .inference import reslice_block
+from .metrics import map_slice_metrics
+from .models import RESLICE_FORMAT, as_model, bundled_models, bundled_name
+from .models._runtime import graph_model, remember_model, resolve_device
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -124,8 +127,6 @@ def self_check(
     """
     import dask
 
-    from .metrics import map_slice_metrics
-
     k = check_factor(factor)
     n = ds.sizes["z"]
     base = {"slices": 0, "psnr_unet": None, "psnr_linear": None, "ssim_unet": None,
@@ -230,8 +231,6 @@ def reslice(
     import dask.array as da
     import xarray as xr
 
-    from .models._runtime import resolve_device
-
     if method not in METHODS:
         raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
     if (factor is None) == (spacing is None):
@@ -272,8 +271,6 @@ def reslice(
     factors = None
     auto: dict[str, Any] | None = None
     if method == "auto":
-        from .models import bundled_models
-
         no_torch = model is None and not available("torch")
         if model is not None:
             loaded = as_model(model)
@@ -311,8 +308,6 @@ def reslice(
             loaded = as_model(model)
             factors = [loaded.factor]
         elif spacing is not None:
-            from .models import bundled_models
-
             bundled_name(None)  # raises when nothing is bundled
             factors = sorted(set(bundled_models().values()))
     k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
@@ -332,9 +327,6 @@ def reslice(
     # in-memory model travels as one graph key named by its digest.
     model_arg: Any = None
     if loaded is not None:
-        from .models import RESLICE_FORMAT
-        from .models._runtime import graph_model, remember_model
-
         model_arg = graph_model(loaded, "reslice")
         remember_model(model_arg, dev, RESLICE_FORMAT, loaded)
 
@@ -462,8 +454,6 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
 def _block(cur: np.ndarray, after: np.ndarray, block_id: np.ndarray, model: Any, *, k: int,
            nblocks: int, method: str, device: str | None, batch_size: int,
            amp: bool) -> np.ndarray:
-    from .inference import reslice_block
-
     last = int(block_id[0]) == nblocks - 1
     return reslice_block(cur, after, k=k, last=last, method=method, model=model,
                          device=device, batch_size=batch_size, amp=amp)

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._compute import cluster_has_gpu
+from ._predictor import on_worker, resolve
 from ._refine_block import refine_block
 from ._volume import derive_attrs, uneven_step
 from .errors import GeometryError, OptionError, OptionTypeError, VolumeError
@@ -123,8 +125,6 @@ def _task(x: np.ndarray, source: Any, *, block_id: tuple[int, ...],
           factors: tuple[int, ...], fuse: str | None, extend: bool, out_dtype: Any,
           kind: str, device: str | None, amp: bool, labels: bool,
           outputs: tuple[int, ...] | None, **kwargs: Any) -> np.ndarray:
-    from ._predictor import on_worker
-
     if outputs is not None:  # output blocks (z,) / (z, class): whole slices, one block
         block_id = (block_id[0],) + (0,) * (x.ndim - 1)
     halo = [(depth[d] if block_id[d] > 0 else 0,
@@ -306,9 +306,6 @@ def shift_interleave(
     import dask
     import dask.array as da
     import xarray as xr
-
-    from ._compute import cluster_has_gpu
-    from ._predictor import resolve
 
     if isinstance(ds, xr.Dataset):
         if var not in ds:

@@ -15,9 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._volume import axis_spacing
+from .._compute import compute
+from .._reslice import reslice
+from .._volume import axis_spacing, check_volume, derive_attrs
 from ..errors import CurationError, GeometryError, OptionError, VolumeError
 from ..geometry import step_tolerance
+from ._blank import MIN_FRACTION
+from ._classify import classify_slices
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -73,8 +77,6 @@ def _filler(a: xr.Dataset, b: xr.Dataset, k: int, method: str, model: Any) -> xr
     with the same variables and z-coordinates as the runs (marked ``generated``)."""
     import dask.array as da
     import xarray as xr
-
-    from .._reslice import reslice
 
     hu = da.concatenate([a["hu"].data[-1:], b["hu"].data[:1]]).rechunk((2, -1, -1))
     za, zb = float(a["z"].values[-1]), float(b["z"].values[0])
@@ -224,10 +226,6 @@ def curate(
     """
     import xarray as xr
 
-    from .._compute import compute
-    from .._volume import check_volume, derive_attrs
-    from ._classify import classify_slices
-
     if fill_gaps not in FILL_METHODS:
         raise OptionError(f"fill_gaps must be one of {list(FILL_METHODS)}, got {fill_gaps!r}")
     if isinstance(min_slices, bool) or not isinstance(min_slices, int) or min_slices < 1:
@@ -300,8 +298,6 @@ def curate(
         n_blank = sum(int(np.isin(c, codes_blank).sum()) for c in codes)
         most = ""
         if fractions:
-            from ._blank import MIN_FRACTION
-
             largest = max(float(f.max()) for f in fractions)
             threshold = classify_kwargs.get("min_fraction", MIN_FRACTION)
             most = (f"; the largest thick-tissue fraction is {largest:.3%} "

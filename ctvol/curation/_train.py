@@ -27,7 +27,15 @@ import numpy as np
 
 from .._deps import require
 from ..errors import LabelError, OptionError
+from ..intensity import HU_WINDOW
 from ..io._handles import HuHandles
+from ..io._layout import series_attrs, store_url
+from ..io.store import open_series, open_store
+from ..models._runtime import resolve_device
+from ..models._slice import SliceModel, load_slice_model, prepare, save_slice_model, slice_net
+from ..training._partition import partition_of
+from ..training.augment import random_affine
+from ._localizer import landmark_locations
 
 __all__ = ["read_slice_labels", "train_classifier", "train_localizer"]
 
@@ -42,9 +50,6 @@ class Item:
 
 
 def _series_index(store: str, storage_options: Any) -> tuple[dict[str, dict[str, Any]], Any]:
-    from ..io._layout import series_attrs
-    from ..io.store import open_store
-
     root = open_store(store, storage_options=storage_options)
     return series_attrs(root), root
 
@@ -84,8 +89,6 @@ def read_slice_labels(
         not in ``classes``; the message names the offending rows.
     """
     import pandas as pd
-
-    from ..io._layout import store_url
 
     df = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(
         labels, dtype={"series": str, "sop_uid": str, "label": str})
@@ -157,8 +160,6 @@ class SliceItems:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        from ..models._slice import prepare
-
         it = self.items[i]
         x = prepare(self._hu(it.key)[it.index : it.index + 1], self.size, self.window)[0]
         return x, it.target
@@ -166,8 +167,6 @@ class SliceItems:
 
 def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
                  parts: Sequence[str]) -> list[Item]:
-    from ..training._partition import partition_of
-
     return [it for it in items
             if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
 
@@ -179,12 +178,6 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
          storage_options: Any, provenance: Mapping[str, Any]) -> Any:
     import torch
     from torch.utils.data import DataLoader
-
-    from ..intensity import HU_WINDOW
-    from ..io._layout import store_url
-    from ..models._runtime import resolve_device
-    from ..models._slice import SliceModel, save_slice_model, slice_net
-    from ..training.augment import random_affine
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
@@ -268,7 +261,6 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
                                      "val_loss": vl, metric: score})
             model._digest = None
             save_slice_model(model, out_dir)
-    from ..models._slice import load_slice_model
 
     return load_slice_model(out_dir, task=task)
 
@@ -370,10 +362,6 @@ def train_localizer(
     """
     require("torch", "ctvol.curation.train_localizer")
     import json
-
-    from ..io._layout import store_url
-    from ..io.store import open_series
-    from ._localizer import landmark_locations
 
     if isinstance(annotations, str | os.PathLike):
         annotations = json.loads(pathlib.Path(annotations).read_text())

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._version import __version__
 from .._volume import uneven_step
-from ..errors import GeometryError, VolumeError
+from ..errors import GeometryError, HounsfieldRangeError, VolumeError
 from ..geometry import slice_normal, step_tolerance
 
 if TYPE_CHECKING:
@@ -219,8 +219,6 @@ def as_int16(block: np.ndarray, ds: xr.Dataset, z0: int = 0) -> np.ndarray:
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     info = np.iinfo(np.int16)
     if not (np.isfinite([lo, hi]).all() and info.min <= lo and hi <= info.max):
-        from ..errors import HounsfieldRangeError
-
         raise HounsfieldRangeError(
             f"series {series_name(ds)}: slices from {z0} hold values {lo:g} .. {hi:g} HU, "
             "outside int16; clip the volume to the HU range you need before exporting"

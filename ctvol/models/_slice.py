@@ -32,6 +32,7 @@ from .._deps import require
 from ..errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
 from ..intensity import HU_WINDOW, to_unit
 from ._base import TorchModel
+from ._checkpoint import write_checkpoint
 
 __all__ = ["FORMAT", "SliceModel", "load_slice_model", "prepare", "save_slice_model",
            "slice_net"]
@@ -181,7 +182,6 @@ class SliceModel(TorchModel):
 
 def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from ._checkpoint import write_checkpoint
 
     return write_checkpoint(model, path)
 
