@@ -22,7 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import CtvolError, OptionError, OutputExistsError, StoreError
+from ._deps import require
+from ._version import __version__
+from .errors import CtvolError, OptionError, OutputExistsError, StoreError, StoreWriteError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,8 +146,6 @@ def export(
     """
     import pandas as pd
 
-    from ._deps import require
-    from ._version import __version__
     from .io.store import list_series, open_series
 
     if format not in FORMATS:
@@ -170,8 +170,6 @@ def export(
             row["status"] = _export_one(ds, key, out, target, format, __version__)
         except OSError as exc:
             if exc.errno in _FATAL_ERRNOS:
-                from .errors import StoreWriteError
-
                 raise StoreWriteError(
                     f"cannot write series {key} into {out}: {exc.strerror or exc}. Series "
                     "already exported are complete (their .json sidecar is written last); "

@@ -10,8 +10,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._compute import compute
+from ._options import check
+from ._version import __version__
+from ._volume import history_record
 from .errors import GeometryWarning, IngestWarning, NoInputError
-from .io.store import SERIES_COLUMNS
+from .io._series import plan_series, series_key
+from .io._write import WRITE_ERRNOS, write_error
+from .io.dicom import find_files, read_headers
+from .io.store import SERIES_COLUMNS, catalog, list_series
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,14 +187,10 @@ def ingest(
     import dask
 
     from ._compute import compute_bounded, default_in_flight
-    from ._version import __version__
     from .io import _layout as lay
     from .io import store as st
-    from .io._series import plan_series
-    from .io.dicom import find_files, read_headers
 
     so = dict(storage_options or {}) or None
-    from ._options import check
 
     check("ingest", {"modalities": list(modalities), "split_gaps": split_gaps,
                      "max_obliquity_deg": max_obliquity_deg})  # before touching anything
@@ -221,7 +224,7 @@ def ingest(
         else:
             to_write.append(plan)
 
-    history = f"ctvol {__version__} ingest(padding_fill={padding_fill}, split_gaps={split_gaps})"
+    history = history_record("ingest", {"padding_fill": padding_fill, "split_gaps": split_gaps})
     if to_write:
         root.require_group("series")  # once, before tasks create groups inside it
 
@@ -273,7 +276,6 @@ def _write_failed(exc: BaseException, url: str, key: str) -> dict[str, Any]:
     permissions) stops the ingest with StoreWriteError naming the series; worker
     processes dying on it (a crash or out of memory while decoding) fail only that
     series, recorded with the reason; anything else is raised as it is."""
-    from .io._write import WRITE_ERRNOS, write_error
 
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         raise write_error(exc, url, key) from exc
@@ -290,7 +292,7 @@ def _write_failed(exc: BaseException, url: str, key: str) -> dict[str, Any]:
                      "(the worker logs say which)"}
 
 
-def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str | Any,
+def _series_write(plan: SeriesPlan, url: str, *, history: dict[str, Any], compressor: str | Any,
                   padding_fill: int | None, storage_options: dict[str, Any] | None) -> Any:
     """One series' write graph: create its group, write its shards, flag it complete."""
     import dask
@@ -315,8 +317,6 @@ def _series_write(plan: SeriesPlan, url: str, *, history: str, compressor: str |
 
 
 def _run(tasks: list[Any], progress: bool, what: str) -> list[Any]:
-    from ._compute import compute
-
     if progress and tasks:
         print(f"ctvol ingest: {what} ({len(tasks)} tasks)", flush=True)
     return compute(tasks, progress=progress)
@@ -330,8 +330,6 @@ def _tables(
     unchanged: set[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     import pandas as pd
-
-    from .io._series import series_key
 
     rows: list[dict[str, Any]] = []
     for plan in plans:
@@ -404,8 +402,6 @@ def _merge_catalog(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Previous catalog rows for files not seen in this run, plus this run's rows."""
     import pandas as pd
-
-    from .io.store import catalog, list_series
 
     old_files = catalog(url, level="files", storage_options=so)
     old_series = catalog(url, level="series", storage_options=so)

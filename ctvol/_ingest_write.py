@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._version import __version__
+from .errors import CtvolError
+from .geometry import slice_normal
 from .io._layout import SHARD_SLICES, hu_codec, open_root, sop_digest, store_url
+from .io.dicom import decode_hu
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["begin_series", "finish_series", "series_dataset", "write_slices"]
 
 
-def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
+def series_dataset(plan: SeriesPlan, *, history: dict[str, Any]) -> xr.Dataset:
     """The Dataset a plan becomes, with ``hu`` as a lazy placeholder.
 
     Coordinates follow DESIGN.md: z along the slice normal, y along the column
@@ -33,9 +37,6 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
     """
     import dask.array as da
     import xarray as xr
-
-    from ._version import __version__
-    from .geometry import slice_normal
 
     first = plan.first
     n, rows, cols = plan.shape
@@ -94,7 +95,7 @@ def series_dataset(plan: SeriesPlan, *, history: str) -> xr.Dataset:
 
 
 def begin_series(
-    store: str, plan: SeriesPlan, *, history: str, compressor: str | Any = "lz4",
+    store: str, plan: SeriesPlan, *, history: dict[str, Any], compressor: str | Any = "lz4",
     storage_options: Mapping[str, Any] | None = None, write_id: str | None = None,
 ) -> str:
     """Create (or replace) a series group: metadata and coords, no pixels, no flag.
@@ -154,9 +155,6 @@ def write_slices(
     the file, so one bad series cannot fail a cohort.
     """
     import zarr
-
-    from .errors import CtvolError
-    from .io.dicom import decode_hu
 
     assert z0 % SHARD_SLICES == 0, "writes must start on a shard boundary"
     arr = zarr.open_array(

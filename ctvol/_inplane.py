@@ -21,9 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._compute import cluster_has_gpu
 from ._deps import require
 from ._volume import axis_spacing, check_factor, check_volume, derive_attrs
 from .errors import GeometryError, ModelError, ModelNotFoundError, OptionError
+from .intensity import to_hu_int16
+from .models import INPLANE_FORMAT
+from .models._runtime import cached_model, graph_model, remember_model, resolve_device
+from .models.inplane import InplaneModel, bundled_inplane_models, load_inplane_model
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -81,15 +86,6 @@ def bilinear_hu(hu: np.ndarray, factor: int, *, batch: int = 8) -> np.ndarray:
     return out
 
 
-def _model(source: Any, device: str) -> Any:
-    """The in-plane model for ``source`` (path/name or InplaneModel) on ``device``, cached
-    once per worker process (:func:`ctvol.inference.cached_model`, as for reslice models)."""
-    from .models._runtime import cached_model
-    from .models.inplane import InplaneModel, load_inplane_model
-
-    return cached_model(source, device, InplaneModel, load_inplane_model)
-
-
 def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Grey values → [0, 1]: clip to [lo, hi], map linearly (float32)."""
     out = np.clip(values, lo, hi).astype(np.float32, copy=False)
@@ -112,12 +108,12 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     method : {"bilinear", "unet"}
     model : checkpoint path/name or InplaneModel, for ``"unet"``
     """
-    from .intensity import to_hu_int16
 
     if method == "bilinear":
         return bilinear_hu(hu, factor)
     up = bilinear(hu, factor)
-    m = _model(model, device)
+
+    m = cached_model(model, device, INPLANE_FORMAT)  # once per worker process and device
     norm = m.normalisation
     if norm["kind"] == "window":
         lo, hi = norm["window"]
@@ -161,11 +157,12 @@ def _spacing(ds: Any, dim: str) -> float:
 
 
 def _regrid(ds: Any, data: Any, y_new: np.ndarray | None, x_new: np.ndarray | None,
-            factor_y: float, attrs_update: dict[str, Any], history: str) -> Any:
+            factor_y: float, attrs_update: dict[str, Any],
+            history: tuple[str, dict[str, Any]]) -> Any:
     """A new Dataset: ``data`` as hu on the new y/x grid, geometry attrs moved with it."""
     import xarray as xr
 
-    attrs = derive_attrs(ds.attrs, history)
+    attrs = derive_attrs(ds.attrs, *history)
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     sp = list(attrs.get("spacing", [np.nan, dy, dx]))
     attrs["spacing"] = [sp[0], dy / factor_y, dx / factor_y]
@@ -262,10 +259,6 @@ def upsample_inplane(
     import dask
     import dask.array as da
 
-    from ._compute import cluster_has_gpu
-    from ._version import __version__
-    from .models._runtime import resolve_device
-
     f = check_factor(factor)
     if method not in METHODS:
         raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -285,11 +278,8 @@ def upsample_inplane(
         rng = rng.to_delayed().ravel()[0]
     source: Any = None
     if loaded is not None:
-        from .models._runtime import graph_model, remember_model
-        from .models.inplane import InplaneModel
-
         source = graph_model(loaded, "inplane")  # a path travels light; else one key
-        remember_model(source, dev, InplaneModel, loaded)
+        remember_model(source, dev, INPLANE_FORMAT, loaded)
     ny, nx = hu.shape[1:]
     gpu = method == "unet" and cluster_has_gpu()
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
@@ -302,15 +292,16 @@ def upsample_inplane(
         )
     y_new = _new_axis(ds["y"].values, f) if "y" in ds.coords else None
     x_new = _new_axis(ds["x"].values, f) if "x" in ds.coords else None
-    desc = (f"ctvol {__version__} upsample_inplane(factor={f}, method={method!r}"
-            + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
-            + ")")
+    params: dict[str, Any] = {"factor": f, "method": method}
+    if loaded is not None:
+        params["model"] = loaded.path or loaded.digest[:12]
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     info = {"generated": True, "factor": f, "method": method,
             "source_spacing_mm": [dy, dx],
             "model_digest": loaded.digest if loaded is not None else None,
             "normalisation": loaded.normalisation if loaded is not None else None}
-    return _regrid(ds, out, y_new, x_new, f, {"inplane": info}, desc)
+    return _regrid(ds, out, y_new, x_new, f, {"inplane": info},
+                   ("upsample_inplane", params))
 
 
 def _block(hu: np.ndarray, rng: Any, model: Any, **kw: Any) -> np.ndarray:
@@ -318,8 +309,6 @@ def _block(hu: np.ndarray, rng: Any, model: Any, **kw: Any) -> np.ndarray:
 
 
 def _resolve_model(model: Any, factor: int) -> Any:
-    from .models.inplane import InplaneModel, bundled_inplane_models, load_inplane_model
-
     if model is None:
         bundled = bundled_inplane_models()
         names = [n for n, f in bundled.items() if f == factor]
@@ -342,8 +331,6 @@ def _resolve_model(model: Any, factor: int) -> Any:
 
 def _area_block(hu: np.ndarray, *, factor: int) -> np.ndarray:
     from skimage.measure import block_reduce
-
-    from .intensity import to_hu_int16
 
     return to_hu_int16(block_reduce(hu.astype(np.float64), (1, factor, factor), np.mean))
 
@@ -387,7 +374,6 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
     """
     import dask.array as da
 
-    from ._version import __version__
 
     f = check_factor(factor)
     check_volume(ds)
@@ -403,7 +389,7 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
                         dtype=np.int16, meta=np.empty((0, 0, 0), dtype=np.int16))
     y_new = _area_axis(ds["y"].values, f) if "y" in ds.coords else None
     x_new = _area_axis(ds["x"].values, f) if "x" in ds.coords else None
-    desc = f"ctvol {__version__} downsample_inplane(factor={f}, method='area')"
     dy, dx = _spacing(ds, "y"), _spacing(ds, "x")
     info = {"factor": f, "method": "area", "source_spacing_mm": [dy, dx]}
-    return _regrid(ds, out, y_new, x_new, 1.0 / f, {"inplane_downsampled": info}, desc)
+    return _regrid(ds, out, y_new, x_new, 1.0 / f, {"inplane_downsampled": info},
+                   ("downsample_inplane", {"factor": f, "method": "area"}))

@@ -6,8 +6,8 @@
   the same shape), a :class:`ctvol.curation.SliceModel` (slices -> (n, C) class
   probabilities, or (n, 1) locations), or a path to either's checkpoint --
   travels as its checkpoint path (or one graph key named by its weights digest,
-  :func:`ctvol.inference.graph_model`) and is loaded once per worker process and
-  per device through :func:`ctvol.inference.cached_model`, like
+  :func:`ctvol.models._runtime.graph_model`) and is loaded once per worker process
+  and per device through :func:`ctvol.models._runtime.cached_model`, like
   :func:`ctvol.reslice`'s models. Models run on ``device`` (default: CUDA when
   the worker sees one), with optional bf16 autocast (``amp``) on CUDA.
 
@@ -28,12 +28,15 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
-from .models import _checkpoint, _segment, _slice
+from .models import RESLICE_FORMAT, SEGMENT_FORMAT, SLICE_FORMAT, SegmentModel, load_segmenter
+from .models._checkpoint import read_checkpoint
+from .models._runtime import cached_model, graph_model, resolve_device
+from .models._slice import SliceModel, load_slice_model
 
 __all__ = ["Predictor", "on_worker", "resolve"]
 
-SEGMENT_FORMAT = _segment.FORMAT
-SLICE_FORMAT = _slice.FORMAT
+#: A model predictor's kind → its checkpoint format (``ctvol.models.FORMATS``).
+KIND_FORMAT = {"segment": SEGMENT_FORMAT, "slice": SLICE_FORMAT}
 
 
 @dataclass(frozen=True)
@@ -66,30 +69,23 @@ class Predictor:
 
 
 def load_segment(path: str) -> Any:
-    from .models import load_segmenter
-
     return load_segmenter(path)
 
 
 def load_slice(path: str) -> Any:
-    from .models._slice import load_slice_model
-
     return load_slice_model(path)
 
 
-def _model_type(kind: str) -> tuple[type, Callable[[str], Any]]:
-    from .models import SegmentModel
-    from .models._slice import SliceModel
-
-    if kind == "segment":
-        return SegmentModel, load_segment
-    return SliceModel, load_slice
+def _cached(kind: str, source: Any, device: str) -> Any:
+    """The ``kind`` model for ``source`` on ``device``, once per process. A path is read
+    with this module's :func:`load_segment` / :func:`load_slice` (looked up per call:
+    tests count loads through them)."""
+    return cached_model(source, device, KIND_FORMAT[kind],
+                        load=load_segment if kind == "segment" else load_slice)
 
 
 def _load_checkpoint(path: str) -> tuple[str, Any]:
     """(kind, model) for a checkpoint folder, read on the CPU once per process."""
-    from .models._checkpoint import read_checkpoint
-    from .models._runtime import cached_model
 
     found = read_checkpoint(pathlib.Path(path))
     if found is None:
@@ -100,19 +96,15 @@ def _load_checkpoint(path: str) -> tuple[str, Any]:
         )
     cfg, cfg_path = found
     fmt = cfg.get("format")
-    if fmt == SEGMENT_FORMAT:
-        kind = "segment"
-    elif fmt == SLICE_FORMAT:
-        kind = "slice"
-    else:
+    kind = {f: k for k, f in KIND_FORMAT.items()}.get(str(fmt))
+    if kind is None:
         hint = ("; reslice U-nets generate slices: use ctvol.reslice"
-                if fmt == _checkpoint.FORMAT else "")
+                if fmt == RESLICE_FORMAT else "")
         raise ModelError(
             f"{cfg_path} holds a {fmt!r} checkpoint; shift_interleave runs "
             f"{SEGMENT_FORMAT!r} (segmenters) and {SLICE_FORMAT!r} (slice classifiers){hint}"
         )
-    model_type, load = _model_type(kind)
-    return kind, cached_model(path, "cpu", model_type, load)
+    return kind, _cached(kind, path, "cpu")
 
 
 def _check_device(device: str | None) -> None:
@@ -157,8 +149,6 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         (``device``/``amp``/``labels`` for a plain callable, ``per_slice`` /
         ``classes`` that contradict a model, a localizer asked for labels).
     """
-    from .models import SegmentModel
-    from .models._slice import SliceModel
 
     if isinstance(predict, os.PathLike):
         predict = os.fspath(predict)
@@ -167,8 +157,6 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         kind, model = _load_checkpoint(path)
         source: Any = path
     elif isinstance(predict, SegmentModel | SliceModel):
-        from .models._runtime import graph_model
-
         kind = "segment" if isinstance(predict, SegmentModel) else "slice"
         model = predict
         source = graph_model(model, kind)  # its path, or one key named by its digest
@@ -233,12 +221,10 @@ def on_worker(kind: str, source: Any, *, device: str | None, amp: bool,
     """The block function for a task argument (models: cached per process and device)."""
     if kind == "callable":
         return source  # type: ignore[no-any-return]
-    from .models._runtime import cached_model, resolve_device
 
     # Resolved here, on the worker: the GPU is where the task runs, not where
     # the graph was built.
     dev = resolve_device(device)
-    model_type, load = _model_type(kind)
-    model = cached_model(source, dev, model_type, load)
+    model = _cached(kind, source, dev)
     fn = _segment_fn if kind == "segment" else _slice_fn
     return functools.partial(fn, model, amp, labels)

@@ -13,7 +13,10 @@ from ._compute import cluster_has_gpu
 from ._deps import available
 from ._volume import check_factor, derive_attrs, uneven_step
 from .errors import GeometryError, ModelError, OptionError, VolumeError
-from .models import as_model, bundled_name
+from .inference import reslice_block
+from .metrics import map_slice_metrics
+from .models import RESLICE_FORMAT, as_model, bundled_models, bundled_name
+from .models._runtime import graph_model, remember_model, resolve_device
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -23,7 +26,9 @@ __all__ = ["auto_text", "plan_factor", "reslice", "self_check"]
 METHODS = ("auto", "unet", "linear")
 #: Factors of the paper's re-slice systems (1/3, 1/4, 1/5).
 PAPER_FACTORS = (3, 4, 5)
-#: Relative tolerance on slice steps and on target-spacing arithmetic.
+#: Relative tolerance of target-spacing arithmetic (is ``spacing=`` reached, is a
+#: series already there). Even slice steps are checked with the spacing tolerance,
+#: ``_volume.uneven_step``.
 RTOL = 1e-3
 
 
@@ -121,8 +126,6 @@ def self_check(
         exactly counts as :data:`EXACT_PSNR` dB rather than infinity).
     """
     import dask
-
-    from .metrics import map_slice_metrics
 
     k = check_factor(factor)
     n = ds.sizes["z"]
@@ -228,9 +231,6 @@ def reslice(
     import dask.array as da
     import xarray as xr
 
-    from ._version import __version__
-    from .models._runtime import resolve_device
-
     if method not in METHODS:
         raise OptionError(f"method must be one of {list(METHODS)}, got {method!r}")
     if (factor is None) == (spacing is None):
@@ -245,7 +245,7 @@ def reslice(
     z = np.asarray(ds["z"].values, dtype=np.float64)  # an index coordinate: in memory
     if z.size < 2:
         raise GeometryError(f"{name} has {z.size} slice(s): reslicing needs at least 2")
-    dz, bad = uneven_step(z, rtol=RTOL, atol=1e-6)
+    dz, bad = uneven_step(z)
     if bad is not None:
         steps = np.diff(z)
         raise GeometryError(
@@ -271,8 +271,6 @@ def reslice(
     factors = None
     auto: dict[str, Any] | None = None
     if method == "auto":
-        from .models import bundled_models
-
         no_torch = model is None and not available("torch")
         if model is not None:
             loaded = as_model(model)
@@ -310,8 +308,6 @@ def reslice(
             loaded = as_model(model)
             factors = [loaded.factor]
         elif spacing is not None:
-            from .models import bundled_models
-
             bundled_name(None)  # raises when nothing is bundled
             factors = sorted(set(bundled_models().values()))
     k, m = plan_factor(dz, factor=factor, spacing=spacing, factors=factors)
@@ -331,11 +327,8 @@ def reslice(
     # in-memory model travels as one graph key named by its digest.
     model_arg: Any = None
     if loaded is not None:
-        from .models import ResliceModel
-        from .models._runtime import graph_model, remember_model
-
         model_arg = graph_model(loaded, "reslice")
-        remember_model(model_arg, dev, ResliceModel, loaded)
+        remember_model(model_arg, dev, RESLICE_FORMAT, loaded)
 
     hu = ds["hu"].data
     if not isinstance(hu, da.Array):
@@ -374,13 +367,13 @@ def reslice(
     z_out = z[0] + idx * (dz / k)
     z_out[~generated] = z  # acquired slices keep their exact positions
     acquired = np.where(generated, -1, idx // k)
-    desc = (f"ctvol {__version__} reslice(factor={k}, keep_every={m}, "
-            + (f"method='auto' -> {method!r}" if auto is not None else f"method={method!r}")
-            + (f", model={loaded.path or loaded.digest[:12]!r}" if loaded is not None else "")
-            + ")")
-    if auto is not None:
-        desc += f" [{auto_text(auto)}]"
-    attrs = derive_attrs(ds.attrs, desc)
+    params: dict[str, Any] = {"factor": k, "keep_every": m,
+                              "method": "auto" if auto is not None else method}
+    if auto is not None:  # the decision and its scores (all of them: attrs["reslice"]["auto"])
+        params.update(chosen=method, decision=auto_text(auto))
+    if loaded is not None:
+        params["model"] = loaded.path or loaded.digest[:12]
+    attrs = derive_attrs(ds.attrs, "reslice", params)
     spacing_in = list(attrs.get("spacing", [dz, np.nan, np.nan]))
     attrs["spacing"] = [dz * m / k, *spacing_in[1:]]
     attrs["reslice"] = {"factor": k, "keep_every": m, "method": method,
@@ -444,10 +437,8 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
     none generated, with the same coordinates and attrs as a resliced one."""
     import xarray as xr
 
-    from ._version import __version__
-
-    attrs = derive_attrs(ds.attrs, f"ctvol {__version__} reslice: already at {dz:.4g} mm, "
-                                   "unchanged")
+    attrs = derive_attrs(ds.attrs, "reslice", {"method": method, "unchanged": True,
+                                               "spacing_mm": float(f"{dz:.6g}")})
     attrs["reslice"] = {"factor": 1, "keep_every": 1, "method": method,
                         "source_spacing_mm": dz, "model_digest": None, "unchanged": True}
     coords: dict[str, Any] = {"z": ("z", z, ds["z"].attrs),
@@ -463,8 +454,6 @@ def _unchanged(ds: xr.Dataset, z: np.ndarray, dz: float, method: str) -> xr.Data
 def _block(cur: np.ndarray, after: np.ndarray, block_id: np.ndarray, model: Any, *, k: int,
            nblocks: int, method: str, device: str | None, batch_size: int,
            amp: bool) -> np.ndarray:
-    from .inference import reslice_block
-
     last = int(block_id[0]) == nblocks - 1
     return reslice_block(cur, after, k=k, last=last, method=method, model=model,
                          device=device, batch_size=batch_size, amp=amp)

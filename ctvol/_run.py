@@ -17,7 +17,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, NoInputError
+from ._compute import choose_scheduler, scheduler_context
+from ._deps import require
+from ._options import check
+from ._version import __version__
+from .errors import ConfigError, CtvolError, CtvolWarning, MissingDependencyError, NoInputError
 
 __all__ = ["RunSummary", "load_config", "run"]
 
@@ -48,14 +52,11 @@ def load_config(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> 
 
             cfg = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            from ._deps import require
-
             yaml = require("yaml", f"the YAML pipeline config {path} (or write it as TOML)")
             cfg = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{path}: a pipeline config is .yaml, .yml or .toml")
         base = path.resolve().parent
-    from ._options import check
 
     where = str(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "config"
     unknown = set(cfg) - set(_TOP)
@@ -246,7 +247,6 @@ class _OnDemand(Mapping[str, Any]):
 def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> None:
     from ._reslice import reslice
     from .curation import curate
-    from .errors import CtvolError, MissingDependencyError
     from .io.store import list_series, open_series, write_many
 
     opts = dict(cfg["reslice"])
@@ -289,7 +289,7 @@ def _stage_reslice(cfg: dict[str, Any], summary: RunSummary, progress: bool) -> 
         return int(ds.sizes["z"]), fine
 
     slices = made = 0
-    decisions: dict[str, tuple[str, dict[str, Any], str]] = {}
+    decisions: dict[str, tuple[str, dict[str, Any], Any]] = {}  # method, record, history entry
     stamps: dict[str, dict[str, Any]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for key in list_series(cfg["store"], storage_options=so):
@@ -340,7 +340,6 @@ def _evaluate_stamp(cfg: dict[str, Any]) -> dict[str, Any]:
     models' digests (a bundled default: this ctvol's version), JSON-normalised."""
     import json
 
-    from ._version import __version__
     from .io.store import list_series, open_series
     from .models import load_model
 
@@ -410,7 +409,6 @@ def _stage_evaluate(cfg: dict[str, Any], summary: RunSummary, progress: bool) ->
 def _job_size(cfg: dict[str, Any]) -> int | None:
     """The run's size for ``scheduler: auto``: input files when it ingests, else the
     store's slices (None when unknown: a URL)."""
-    from .errors import CtvolError
     from .io.store import list_series, open_series
 
     if "ingest" in cfg["stages"]:
@@ -458,9 +456,6 @@ def run(config: str | os.PathLike[str] | Mapping[str, Any], *, scheduler: str | 
     import warnings
 
     from distributed import KilledWorker
-
-    from ._compute import choose_scheduler, scheduler_context
-    from .errors import CtvolError, CtvolWarning
 
     cfg = load_config(config)
     spec = choose_scheduler(scheduler or cfg.get("scheduler") or "auto", _job_size(cfg))

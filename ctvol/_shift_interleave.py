@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._compute import cluster_has_gpu
+from ._predictor import on_worker, resolve
 from ._refine_block import refine_block
 from ._volume import derive_attrs, uneven_step
 from .errors import GeometryError, OptionError, OptionTypeError, VolumeError
@@ -42,8 +44,6 @@ FUSE = (None, "vote", "mean")
 #: Halo added for spline orders >= 2, whose prefilter has infinite support: the
 #: filter's slowest pole decays below 1e-4 (quintic: 0.43**12) within it.
 SPLINE_MARGIN = 12
-#: Relative tolerance on coordinate steps along a refined axis.
-RTOL = 1e-3
 
 # --------------------------------------------------------------------------
 # Argument checks (metadata only: nothing is computed)
@@ -99,7 +99,7 @@ def _check_depth(predict_depth: Any, dims: tuple[Hashable, ...]) -> dict[Hashabl
 
 
 def _spacing(coord: np.ndarray, name: Hashable, what: str) -> float:
-    step, bad = uneven_step(coord, rtol=RTOL, atol=1e-9, increasing=False)
+    step, bad = uneven_step(coord, increasing=False)
     if bad is not None:
         steps = np.diff(coord)
         raise GeometryError(
@@ -125,8 +125,6 @@ def _task(x: np.ndarray, source: Any, *, block_id: tuple[int, ...],
           factors: tuple[int, ...], fuse: str | None, extend: bool, out_dtype: Any,
           kind: str, device: str | None, amp: bool, labels: bool,
           outputs: tuple[int, ...] | None, **kwargs: Any) -> np.ndarray:
-    from ._predictor import on_worker
-
     if outputs is not None:  # output blocks (z,) / (z, class): whole slices, one block
         block_id = (block_id[0],) + (0,) * (x.ndim - 1)
     halo = [(depth[d] if block_id[d] > 0 else 0,
@@ -309,10 +307,6 @@ def shift_interleave(
     import dask.array as da
     import xarray as xr
 
-    from ._compute import cluster_has_gpu
-    from ._predictor import resolve
-    from ._version import __version__
-
     if isinstance(ds, xr.Dataset):
         if var not in ds:
             raise VolumeError(f"ds has no variable {var!r}: it has {list(ds.data_vars)}; "
@@ -453,12 +447,11 @@ def shift_interleave(
             spacing_attr[dims.index(a)] = float(spacing_attr[dims.index(a)]) / k
     if pred.outputs and pred.classes is not None:
         coords["class"] = ("class", np.array(pred.classes, dtype=object))  # zarr: vlen strings
-    options = "".join([", per_slice=True" if pred.per_slice else "",
-                       ", labels=True" if pred.labels else ""])
-    desc = (f"ctvol {__version__} shift_interleave(factor={list(factors)}, "
-            f"axis={list(axes)}, fuse={fuse!r}, order={order}, extend={extend}{options}, "
-            f"predict={pred.description!r})")
-    attrs = derive_attrs(attrs_in, desc)
+    params: dict[str, Any] = {"factor": list(factors), "axis": [str(a) for a in axes],
+                              "fuse": fuse, "order": int(order), "extend": bool(extend)}
+    params.update({o: True for o in ("per_slice", "labels") if getattr(pred, o)})
+    params["predict"] = pred.description
+    attrs = derive_attrs(attrs_in, "shift_interleave", params)
     if spacing_attr is not None:
         attrs["spacing"] = spacing_attr
     attrs["sub_voxel_prediction"] = True

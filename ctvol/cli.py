@@ -25,6 +25,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _options
+from ._version import __version__
+from .errors import (
+    CtvolError,
+    EvaluationWarning,
+    MissingDependencyError,
+    NoInputError,
+    OptionError,
+    StoreError,
+)
 
 EXIT_PARTIAL = 3
 EXIT_USAGE = 2
@@ -128,8 +137,6 @@ def _fail(command: str, message: str, code: int = 1) -> int:
 
 
 def _check_inputs(inputs: Sequence[str]) -> None:
-    from .errors import NoInputError
-
     for p in inputs:
         if "://" not in p and not os.path.exists(p):
             raise NoInputError(f"input {p!r} does not exist; pass DICOM folders or files")
@@ -165,11 +172,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ._ingest import format_series_table
+    from ._volume import history_text
     from .io._layout import list_incomplete
     from .io.store import catalog, list_series, open_series
 
     if args.key:
-        print(open_series(args.store, args.key))
+        ds = open_series(args.store, args.key)
+        print(ds)
+        history = ds.attrs.get("ctvol_history", [])
+        if history:  # one line per entry: records and an older store's strings alike
+            print("history:")
+            for entry in history:
+                print(f"  {history_text(entry)}")
         return 0
     if args.files:
         import pandas as pd
@@ -211,7 +225,6 @@ def _each_series(args: argparse.Namespace, command: str, done: str,
     ``args.output``; a series that fails is skipped with its reason (exit code 3).
 
     The store, the keys and the output path are checked before a cluster starts."""
-    from .errors import CtvolError, MissingDependencyError
     from .io._layout import check_store_path
     from .io.store import list_series, open_series, write
 
@@ -252,7 +265,6 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
     """``--method unet``: the checkpoint loads and fits the factor, or a bundled model
     exists for it (checked before a cluster starts). ``--method auto`` checks a
     given ``--model`` the same way; without one it falls back to linear itself."""
-    from .errors import OptionError
 
     if method not in ("unet", "auto") or (method == "auto" and model is None):
         return
@@ -323,7 +335,6 @@ def _method_text(out: Any) -> str:
 
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from ._inplane import upsample_inplane
-    from .errors import OptionError
 
     if args.factor < 2:
         raise OptionError(f"--factor must be an integer >= 2, got {args.factor}")
@@ -365,8 +376,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _check_output(output: str, store: str) -> None:
     """Refuse to write predictions into the input store or over something not Zarr."""
     import os
-
-    from .errors import StoreError
 
     if "://" in output:
         return
@@ -465,7 +474,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from .errors import EvaluationWarning
     from .evaluation import CONVENTIONS, evaluate
     from .io.store import list_series
     from .models import load_model
@@ -480,8 +488,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     keys = list(dict(args.series)) if args.series else list_series(args.store)
     model: Any = None
     if opts["model"] and "unet" in opts["methods"]:
-        from .errors import OptionError
-
         try:
             loaded = [load_model(m) for m in opts["model"]]
         except (OSError, ValueError) as exc:
@@ -543,7 +549,6 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     keys = args.series or list_series(args.store)  # a store, before a cluster starts
     if opts["model"] is not None:
         from .curation import load_slice_model
-        from .errors import OptionError
 
         try:  # checked here; the path goes to the workers, each loads it once
             load_slice_model(opts["model"])
@@ -575,8 +580,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
-
     parser = _Parser(prog="ctvol", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"ctvol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -729,7 +732,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(exc: BaseException) -> str:
     """An exception as one line, in words (no ``[Errno 13]``, no quotes around a KeyError)."""
-    from .errors import CtvolError
 
     if isinstance(exc, OSError) and not isinstance(exc, CtvolError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
@@ -795,8 +797,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import signal
     import threading
-
-    from .errors import CtvolError, OptionError
 
     args = build_parser().parse_args(argv)
     command = args.command

@@ -12,16 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from .models import RESLICE_FORMAT
 from .models._runtime import cached_model, resolve_device
 
 __all__ = ["generate_linear", "reslice_block", "resolve_device"]
-
-
-def _model(source: Any, device: str) -> Any:
-    """The reslice model for ``source`` (checkpoint path/name or ResliceModel), cached."""
-    from .models import ResliceModel, load_model
-
-    return cached_model(source, device, ResliceModel, load_model)
 
 
 def generate_linear(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
@@ -120,7 +114,7 @@ def reslice_block(
         for i in range(pairs):
             _linear_into(out[i * k + 1 : (i + 1) * k], cur[i], nxt(i), k, scratch)
         return out
-    m = _model(model, resolve_device(device))
+    m = cached_model(model, resolve_device(device), RESLICE_FORMAT)
     # Every slice of the block windowed once, in place, then the pairs as one copy
     # of views; the output turned into HU in place: the same float32 operations as
     # to_unit / from_unit / to_hu_int16 (bit-identical, tested), fewer passes.

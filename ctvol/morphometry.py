@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._deps import require
 from .errors import OptionError, OptionTypeError, VolumeError
 
 __all__ = ["BlandAltman", "ba_ta", "bland_altman", "ba_ta_block"]
@@ -185,7 +186,6 @@ class BlandAltman:
     def figure(self, *, title: str | None = None, xlabel: str = "mean of test and reference",
                ylabel: str = "test − reference") -> Any:
         """The Bland–Altman plot as a :class:`matplotlib.figure.Figure` (no pyplot)."""
-        from ._deps import require
 
         Figure = require("matplotlib.figure", "the Bland–Altman plot").Figure
 

@@ -13,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compute import cluster_has_gpu
 from .._volume import axis_spacing, check_volume
 from ..errors import OptionError
+from ..models import SLICE_FORMAT
+from ..models._runtime import cached_model, graph_model, resolve_device
+from ..models._slice import resolve
 from . import _blank
 
 if TYPE_CHECKING:
@@ -44,9 +48,9 @@ def _rule_block(block: np.ndarray, *, pixel: tuple[float, float], params: dict[s
 
 
 def model_block(block: np.ndarray, model: Any, *, device: str, batch_size: int) -> np.ndarray:
-    from ..models._slice import cached
-
-    return cached(model, device).predict(block, batch_size=batch_size)
+    # once per worker process and device
+    return cached_model(model, device, SLICE_FORMAT).predict(
+        block, batch_size=batch_size)
 
 
 def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,
@@ -67,7 +71,6 @@ def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,
     if model is not None:
         # Checkpoints travel as their path (loaded once per worker process); an
         # in-memory model as one shared graph key.
-        from ..models._runtime import graph_model
 
         args += [model if isinstance(model, str) else graph_model(model, "slice"), None]
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
@@ -151,7 +154,6 @@ def classify_slices(
     >>> labels.attrs["classes"], labels.values.tolist()
     (['blank', 'body'], [0, 1, 1])
     """
-    from .._compute import cluster_has_gpu
 
     check_volume(ds, min_slices=1)
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -169,9 +171,6 @@ def classify_slices(
                   f"min_fraction={min_fraction:g}, pixel_mm=({pixel[0]:.4g}, {pixel[1]:.4g}))")
         return _labels_array(ds, out[:, :2], list(BLANK_CLASSES), method,
                              {"body_fraction": ("z", out[:, 2])})
-
-    from ..models._runtime import resolve_device
-    from ..models._slice import resolve
 
     loaded = resolve(model, "classify")
     dev = resolve_device(device)

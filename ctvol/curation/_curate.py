@@ -15,8 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._volume import axis_spacing
+from .._compute import compute
+from .._reslice import reslice
+from .._volume import axis_spacing, check_volume, derive_attrs
 from ..errors import CurationError, GeometryError, OptionError, VolumeError
+from ..geometry import step_tolerance
+from ._blank import MIN_FRACTION
+from ._classify import classify_slices
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -24,8 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["FILL_METHODS", "curate", "find_gaps"]
 
 FILL_METHODS = (None, "linear", "unet")
-#: Tolerance on a gap being a whole number of steps: as ingest's spacing rule.
-_ATOL_MM, _RTOL = 0.005, 0.01
 
 
 def _dz(ds: xr.Dataset) -> float:
@@ -33,7 +36,8 @@ def _dz(ds: xr.Dataset) -> float:
 
 
 def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= max(_ATOL_MM, _RTOL * abs(b))
+    """A gap is a whole number of steps within the spacing tolerance (as ingest's)."""
+    return abs(a - b) <= step_tolerance(b)
 
 
 def find_gaps(runs: Sequence[xr.Dataset]) -> list[dict[str, Any]]:
@@ -73,8 +77,6 @@ def _filler(a: xr.Dataset, b: xr.Dataset, k: int, method: str, model: Any) -> xr
     with the same variables and z-coordinates as the runs (marked ``generated``)."""
     import dask.array as da
     import xarray as xr
-
-    from .._reslice import reslice
 
     hu = da.concatenate([a["hu"].data[-1:], b["hu"].data[:1]]).rechunk((2, -1, -1))
     za, zb = float(a["z"].values[-1]), float(b["z"].values[0])
@@ -224,11 +226,6 @@ def curate(
     """
     import xarray as xr
 
-    from .._compute import compute
-    from .._version import __version__
-    from .._volume import check_volume, derive_attrs
-    from ._classify import classify_slices
-
     if fill_gaps not in FILL_METHODS:
         raise OptionError(f"fill_gaps must be one of {list(FILL_METHODS)}, got {fill_gaps!r}")
     if isinstance(min_slices, bool) or not isinstance(min_slices, int) or min_slices < 1:
@@ -301,8 +298,6 @@ def curate(
         n_blank = sum(int(np.isin(c, codes_blank).sum()) for c in codes)
         most = ""
         if fractions:
-            from ._blank import MIN_FRACTION
-
             largest = max(float(f.max()) for f in fractions)
             threshold = classify_kwargs.get("min_fraction", MIN_FRACTION)
             most = (f"; the largest thick-tissue fraction is {largest:.3%} "
@@ -321,13 +316,12 @@ def curate(
     dropped.sort(key=lambda d: d["z0"])
 
     method = labs[0].attrs.get("method", "labels")
-    desc = (f"ctvol {__version__} curate(split={split}, fill_gaps={fill_gaps!r}, "
-            f"blank={list(blank)}, labels={method!r})")
+    params = {"split": split, "fill_gaps": fill_gaps, "blank": list(blank), "labels": method}
     out = []
     for i, start, stop in kept:
         seg = segments[i].isel(z=slice(start, stop))
         z = seg["z"].values
-        attrs = derive_attrs(runs[0].attrs, desc)
+        attrs = derive_attrs(runs[0].attrs, "curate", params)
         n_gen = int(seg["generated"].values.sum()) if "generated" in seg.coords else 0
         attrs["curation"] = {
             "kept": {"z0": float(z[0]), "z1": float(z[-1]), "n": int(z.size),

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compute import cluster_has_gpu, compute
+from .._volume import check_volume
 from ..errors import LabelError, OptionError
+from ..models._runtime import resolve_device
+from ..models._slice import resolve
+from ._classify import model_block, slice_map
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -158,12 +163,6 @@ def localize(ds: xr.Dataset, model: Any, *, batch_size: int = 64,
     """
     import xarray as xr
 
-    from .._compute import cluster_has_gpu
-    from .._volume import check_volume
-    from ..models._runtime import resolve_device
-    from ..models._slice import resolve
-    from ._classify import model_block, slice_map
-
     check_volume(ds, min_slices=1)
     if model is None:
         raise OptionError("localize needs model= (a trained localizer checkpoint or SliceModel); "
@@ -223,8 +222,6 @@ def match_slices(ds_a: xr.Dataset, ds_b: xr.Dataset, model: Any, *, tolerance: f
         ``location_b`` (of the nearest slice) and ``distance``.
     """
     import xarray as xr
-
-    from .._compute import compute
 
     if not tolerance >= 0:
         raise OptionError(f"tolerance must be >= 0, got {tolerance!r}")

@@ -8,6 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compute import compute
+from .._options import check
+from ..errors import CurationError
+from ..io._layout import store_url
+from ..io.store import SHARD_SLICES, list_series, open_series
+from ._classify import classify_slices
+from ._curate import curate
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -55,14 +63,6 @@ def curate_store(
     """
     import pandas as pd
     import zarr
-
-    from .._compute import compute
-    from .._options import check
-    from ..errors import CurationError
-    from ..io._layout import store_url
-    from ..io.store import SHARD_SLICES, list_series, open_series
-    from ._classify import classify_slices
-    from ._curate import curate
 
     check("curate", {**classify_kwargs, "model": None})  # unknown keywords name the options
     url = store_url(store)

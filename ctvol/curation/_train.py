@@ -30,7 +30,14 @@ import numpy as np
 
 from .._deps import require
 from ..errors import LabelError, OptionError
+from ..intensity import HU_WINDOW
 from ..io._handles import HuHandles
+from ..io._layout import series_attrs, store_url
+from ..io.store import open_series, open_store
+from ..models._runtime import resolve_device
+from ..models._slice import SliceModel, load_slice_model, prepare, save_slice_model, slice_net
+from ..training._partition import partition_of
+from ._localizer import landmark_locations
 
 if TYPE_CHECKING:
     from ..training._engine import Kind
@@ -48,9 +55,6 @@ class Item:
 
 
 def _series_index(store: str, storage_options: Any) -> tuple[dict[str, dict[str, Any]], Any]:
-    from ..io._layout import series_attrs
-    from ..io.store import open_store
-
     root = open_store(store, storage_options=storage_options)
     return series_attrs(root), root
 
@@ -90,8 +94,6 @@ def read_slice_labels(
         not in ``classes``; the message names the offending rows.
     """
     import pandas as pd
-
-    from ..io._layout import store_url
 
     df = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(
         labels, dtype={"series": str, "sop_uid": str, "label": str})
@@ -166,8 +168,6 @@ class SliceItems:
         """Nothing to draw per epoch: the items are fixed (the epoch engine's hook)."""
 
     def __getitem__(self, i: int) -> tuple[Any, float]:
-        from ..models._slice import prepare
-
         it = self.items[i]
         x = prepare(self._hu(it.key)[it.index : it.index + 1], self.size, self.window)[0]
         return x, it.target
@@ -175,8 +175,6 @@ class SliceItems:
 
 def _split_items(items: Sequence[Item], series: Mapping[str, Mapping[str, Any]],
                  parts: Sequence[str]) -> list[Item]:
-    from ..training._partition import partition_of
-
     return [it for it in items
             if partition_of(str(series[it.key].get("series_uid") or it.key)) in parts]
 
@@ -186,7 +184,6 @@ def _kind(task: str) -> Kind:
     or mean absolute error (localizer), label targets, the best epoch in ``out``."""
     import torch
 
-    from ..models._slice import save_slice_model
     from ..training._engine import Kind
 
     def loss(logits: Any, y: Any) -> Any:
@@ -216,10 +213,7 @@ def _fit(store: Any, items: Sequence[Item], *, task: str, classes: Sequence[str]
          architecture: Mapping[str, Any] | None, augment: bool, train_on: Sequence[str],
          validate_on: Sequence[str], device: str | None, seed: int, resume: bool,
          progress: bool, storage_options: Any, provenance: Mapping[str, Any]) -> Any:
-    from ..intensity import HU_WINDOW
-    from ..io._layout import store_url
-    from ..models._runtime import resolve_device
-    from ..models._slice import FORMAT, SliceModel, load_slice_model, slice_net
+    from ..models._slice import FORMAT
     from ..training._engine import check_out, fit, start
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -383,10 +377,6 @@ def train_localizer(
     """
     require("torch", "ctvol.curation.train_localizer")
     import json
-
-    from ..io._layout import store_url
-    from ..io.store import open_series
-    from ._localizer import landmark_locations
 
     if isinstance(annotations, str | os.PathLike):
         annotations = json.loads(pathlib.Path(annotations).read_text())

@@ -29,10 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compute import active_client
 from .._deps import available
+from .._reslice import reslice
 from ..errors import DataError, EvaluationWarning, GeometryError, ModelError, OptionError
 from ..intensity import HU_WINDOW
-from ..metrics import METRICS
+from ..io.store import list_series, open_series
+from ..metrics import METRICS, map_slice_metrics
+from ..models import as_model, bundled_models, bundled_name
 from ._report import EvaluationReport
 from ._types import CONVENTIONS, METHODS, Case, Source, compared, paired_t
 
@@ -69,7 +73,6 @@ def _ints(values: Any, what: str, low: int) -> list[int]:
 
 def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> dict[int, Any]:
     """A ResliceModel per factor for the U-net method (bundled by default)."""
-    from ..models import as_model, bundled_models, bundled_name
 
     if "unet" not in methods and "auto" not in methods:
         return {}
@@ -103,8 +106,6 @@ def _sources(data: Any, series: Any, storage_options: Mapping[str, Any] | None =
              ) -> tuple[list[Source], str | None]:
     """The series to evaluate (checked, not opened) and the store path."""
     import xarray as xr
-
-    from ..io.store import list_series, open_series
 
     if isinstance(data, xr.Dataset):
         key = str(data.attrs.get("series_uid", "series"))
@@ -147,8 +148,6 @@ def _case(src: Source, ds: Any, offset: int, k: int, stride: int, methods: Seque
           models: dict[int, Any], batch_size: int, device: str | None,
           window: tuple[float, float]) -> Case | str:
     """Build one case's lazy metrics, or return why the series is skipped."""
-    from .._reslice import reslice
-    from ..metrics import map_slice_metrics
 
     n = ds.isel(z=slice(None, None, stride)).sizes["z"]
     if n < k + 1:
@@ -175,8 +174,6 @@ def _case(src: Source, ds: Any, offset: int, k: int, stride: int, methods: Seque
 
 
 def _series_window() -> int:
-    from .._compute import active_client
-
     client = active_client()
     threads = sum(client.nthreads().values()) if client is not None else 0
     return max(SERIES_WINDOW, threads)
@@ -263,8 +260,6 @@ def evaluate(
     factors = _ints(factor, "factors", 2)
     strides_ = _ints(strides, "strides", 1)
     if methods is None:
-        from ..models import bundled_models
-
         # Without torch (an install without the [torch] extra) no U-net runs:
         # linear, and auto falling back to linear with that reason.
         have = set(bundled_models().values()) if available("torch") else set()

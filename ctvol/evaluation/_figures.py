@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._deps import require
+from .._reslice import reslice
 from ..metrics import METRICS, slice_metrics
 from ._types import Case
 
@@ -36,7 +37,6 @@ def _figure(w: float, h: float) -> Any:
 
 def _pair(rep: EvaluationReport, case: Case, j: int) -> dict[str, np.ndarray]:
     """Real slices of pair j (k+1 of them) and each method's output for that pair."""
-    from .._reslice import reslice
 
     k = case.factor
     out = {"real": np.asarray(case.block["hu"][j * k:(j + 1) * k + 1].values)}

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._deps import available
+from .._version import __version__
 from ..errors import DataError, EvaluationWarning
 from ..metrics import METRICS
+from ._figures import draw_all
 from ._types import BASELINE, COLUMNS, CONVENTIONS, Case, paired_t
 
 if TYPE_CHECKING:
@@ -444,8 +446,6 @@ def info(*, store: str | None, factors: list[int], strides: list[int], methods: 
          skipped: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, Any]:
     import importlib.metadata as md
 
-    from .._version import __version__
-
     versions: dict[str, str | None] = {}
     for pkg in ("numpy", "scipy", "scikit-image", "dask", "distributed", "xarray", "zarr",
                 "torch", "pandas"):
@@ -517,8 +517,6 @@ def save(rep: EvaluationReport, path: str | os.PathLike[str], *, figures: bool =
                       stacklevel=3)
         figures = False
     if figures:
-        from ._figures import draw_all
-
         rep.info["figures"] = draw_all(rep, folder / "figures")
     records = rep.table.astype(object).where(rep.table.notna(), None).to_dict("records")
     doc = {**rep.info, "table": records,

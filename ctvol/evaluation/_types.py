@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..io.store import open_series
+
 if TYPE_CHECKING:
     import xarray as xr
 
@@ -50,7 +52,6 @@ class Source:
 
     def open(self) -> tuple[xr.Dataset, int]:
         """The (selected) series, lazy, and the index of its first slice."""
-        from ..io.store import open_series
 
         ds = self.data if self.store is None else open_series(
             self.store, self.key, storage_options=self.storage_options)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import GeometryError, VolumeError
-from ..geometry import SPACING_ATOL_MM, SPACING_RTOL, slice_normal
+from .._volume import uneven_step
+from ..errors import GeometryError, HounsfieldRangeError, VolumeError
+from ..geometry import slice_normal, step_tolerance
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -78,9 +79,10 @@ def _axis_step(ds: xr.Dataset, dim: str, index: int) -> float:
     """Spacing along ``dim`` in mm: from the coordinate (docs/storage.md), else attrs."""
     if dim in ds.coords and ds.sizes[dim] > 1:
         c = np.asarray(ds[dim].values, dtype=np.float64)
+        # the even-grid check of every verb (steps against their median), then the
+        # mean step: the affine that best fits every slice (lps_affine checks each)
         step = float((c[-1] - c[0]) / (c.size - 1))
-        if step <= 0 or np.any(np.abs(np.diff(c) - step) > max(SPACING_ATOL_MM,
-                                                               SPACING_RTOL * step)):
+        if uneven_step(c)[1] is not None:
             raise GeometryError(
                 f"series {series_name(ds)}: the {dim} coordinate is not evenly increasing "
                 f"(mean step {step:.4g} mm); NIfTI and DICOM need a regular grid: ingest with "
@@ -155,7 +157,7 @@ def lps_affine(ds: xr.Dataset) -> np.ndarray:
         off = np.linalg.norm(pos - (pos[0] + np.arange(n)[:, None] * step), axis=1)
         worst = int(np.argmax(off))
         length = float(np.linalg.norm(step))
-        if off[worst] > max(SPACING_ATOL_MM, SPACING_RTOL * length):
+        if off[worst] > step_tolerance(length):
             raise GeometryError(
                 f"series {series_name(ds)}: slice {worst} lies {off[worst]:.3g} mm off the "
                 f"regular grid of its positions (step {length:.4g} mm); NIfTI and DICOM "
@@ -217,8 +219,6 @@ def as_int16(block: np.ndarray, ds: xr.Dataset, z0: int = 0) -> np.ndarray:
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     info = np.iinfo(np.int16)
     if not (np.isfinite([lo, hi]).all() and info.min <= lo and hi <= info.max):
-        from ..errors import HounsfieldRangeError
-
         raise HounsfieldRangeError(
             f"series {series_name(ds)}: slices from {z0} hold values {lo:g} .. {hi:g} HU, "
             "outside int16; clip the volume to the HU range you need before exporting"

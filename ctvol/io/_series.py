@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import plan_stack, slice_normal
-from .dicom import LOCALIZER_TYPES, SECONDARY_CAPTURE_CLASSES, FileRecord, SliceHeader
+from .dicom import LOCALIZER_TYPES, SECONDARY_CAPTURE_CLASSES, FileRecord, SliceHeader, decode_hu
 
 __all__ = ["REASONS", "SeriesPlan", "plan_series", "series_key"]
 
@@ -168,7 +168,6 @@ def _file_exclusion(
 
 def _same_pixels(a: SliceHeader, b: SliceHeader) -> bool:
     """Whether two slices (files or frames) hold the same HU."""
-    from .dicom import decode_hu
 
     if (a.rows, a.cols) != (b.rows, b.cols):
         return False

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._version import __version__
+from .._volume import history_text
+from ..errors import ExportError, HounsfieldRangeError, OutputExistsError
 from . import _grid
 
 if TYPE_CHECKING:
@@ -60,7 +63,6 @@ def _source_header(header: Any) -> Any:
 
 def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
     """Per slice: DerivationDescription, ImageComments, source SOPInstanceUIDs."""
-    from .._version import __version__
 
     n = ds.sizes["z"]
     a = ds.attrs
@@ -68,7 +70,7 @@ def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
     sop = (np.asarray(ds["sop_uid"].values, dtype=object) if "sop_uid" in ds.coords
            else np.full(n, "", dtype=object))
     history = list(a.get("ctvol_history", []))
-    last = history[-1] if history else f"ctvol {__version__}"
+    last = history_text(history[-1]) if history else f"ctvol {__version__}"
     gen = (np.asarray(ds["generated"].values, dtype=bool) if "generated" in ds.coords
            else np.zeros(n, dtype=bool))
     acq = (np.asarray(ds["acquired_index"].values) if "acquired_index" in ds.coords
@@ -105,8 +107,6 @@ def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
 
 
 def _check_folder(folder: pathlib.Path, overwrite: bool) -> None:
-    from ..errors import OutputExistsError
-
     if folder.exists() and not overwrite and (not folder.is_dir() or any(folder.iterdir())):
         raise OutputExistsError(
             f"{folder} exists and is not empty; choose a new folder for the DICOM series or "
@@ -188,14 +188,9 @@ def to_dicom(
     from pydicom.sequence import Sequence
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
-    from .._version import __version__
-    from ..errors import HounsfieldRangeError
-
     _grid.check_volume(ds)
     modality = ds.attrs.get("modality") or "CT"
     if modality != "CT":
-        from ..errors import ExportError
-
         raise ExportError(
             f"series {_grid.series_name(ds)} has modality {modality!r}; DICOM export writes "
             "CT Image Storage only: export it with to_nifti (ctvol export --format nifti)"

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._deps import require
 from .._version import __version__
+from ..geometry import slice_normal
 from . import _grid
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def nifti_header(ds: xr.Dataset) -> Any:
     for slice 0 and for the in-plane geometry of every slice).
     """
     nib = _nibabel()
-    from ..geometry import slice_normal
 
     nz, ny, nx = ds["hu"].shape
     lps = _grid.lps_affine(ds)

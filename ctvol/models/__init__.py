@@ -25,15 +25,23 @@ from ._segment import SegmentModel, load_segmenter, save_segmenter, seg_net
 from ._slice import SliceModel, load_slice_model, save_slice_model, slice_net
 from .inplane import InplaneModel, bundled_inplane_models, load_inplane_model, save_inplane_model
 
-#: Checkpoint format (config.json's ``"format"``) → (model class, loader).
+#: The checkpoint formats (config.json's ``"format"``), by model.
+RESLICE_FORMAT = _checkpoint.FORMAT
+INPLANE_FORMAT = inplane.FORMAT
+SEGMENT_FORMAT = _segment.FORMAT
+SLICE_FORMAT = _slice.FORMAT
+
+#: Checkpoint format → (model class, loader): what reads a checkpoint, and what
+#: the per-worker cache (``_runtime.cached_model``) loads a path with.
 FORMATS: dict[str, tuple[type, Callable[..., Any]]] = {
-    _checkpoint.FORMAT: (ResliceModel, load_model),
-    inplane.FORMAT: (InplaneModel, load_inplane_model),
-    _segment.FORMAT: (SegmentModel, load_segmenter),
-    _slice.FORMAT: (SliceModel, load_slice_model),
+    RESLICE_FORMAT: (ResliceModel, load_model),
+    INPLANE_FORMAT: (InplaneModel, load_inplane_model),
+    SEGMENT_FORMAT: (SegmentModel, load_segmenter),
+    SLICE_FORMAT: (SliceModel, load_slice_model),
 }
 
-__all__ = ["FORMATS", "InplaneModel", "ResliceModel", "SegmentModel", "SliceModel",
+__all__ = ["FORMATS", "INPLANE_FORMAT", "RESLICE_FORMAT", "SEGMENT_FORMAT", "SLICE_FORMAT",
+           "InplaneModel", "ResliceModel", "SegmentModel", "SliceModel",
            "TorchModel", "as_model", "bundled_inplane_models", "bundled_models",
            "bundled_name", "load_inplane_model", "load_model", "load_segmenter",
            "load_slice_model", "save_inplane_model", "save_model", "save_segmenter",

@@ -2,8 +2,9 @@
 
 Every verb that runs a model (reslice, in-plane upsampling, slice
 classification, the localizer, shift-and-interleave predictors) loads it
-through :func:`cached_model`: once per process and device, keyed by weights
-digest or by checkpoint folder and file stamps. Task graphs carry a model as
+through :func:`cached_model`: once per process and device, keyed by checkpoint
+format (:data:`ctvol.models.FORMATS` names the class and the loader of each) and
+by weights digest or checkpoint folder and file stamps. Task graphs carry a model as
 :func:`graph_model` (its path, or one key named by its digest).
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .._compute import active_client
+from . import FORMATS
 
 __all__ = ["cached_model", "graph_model", "remember_model", "resolve_device"]
 
@@ -51,17 +54,23 @@ def _source_key(source: Any, model_type: Any) -> str:
     return f"{folder.resolve()}|{stamps}"
 
 
-def cached_model(source: Any, device: str, model_type: Any, load: Any) -> Any:
+def cached_model(source: Any, device: str, fmt: str, *,
+                 load: Callable[[Any], Any] | None = None) -> Any:
     """The model for ``source`` on ``device``, loaded once per worker process.
 
-    ``source`` is a checkpoint path/name (loaded with ``load``) or an
-    in-memory ``model_type`` instance (deep-copied: the cache must not move,
-    or keep changing, the caller's own object). Threads of one worker share
-    the copy; reslice, slice classification and the localizer all use it.
+    ``fmt`` is a checkpoint format, a key of :data:`ctvol.models.FORMATS`, which
+    names the model class and its loader. ``source`` is a checkpoint path/name
+    (loaded with the format's loader, or ``load`` when given) or an in-memory
+    instance of the format's class (deep-copied: the cache must not move, or keep
+    changing, the caller's own object). Threads of one worker share the copy;
+    reslice, in-plane upsampling, slice classification, the localizer and
+    shift-and-interleave's predictors all use it.
     """
-    key = (model_type.__name__, _source_key(source, model_type), device)
+    model_type, default_load = FORMATS[fmt]
+    load = load or default_load
+    key = (fmt, _source_key(source, model_type), device)
     with _LOCK:
-        model = _CACHE.get(key)
+        model: Any = _CACHE.get(key)
         if model is None:
             if not _CACHE:
                 _configure_torch_threads()
@@ -71,14 +80,14 @@ def cached_model(source: Any, device: str, model_type: Any, load: Any) -> Any:
     return model
 
 
-def remember_model(source: Any, device: str, model_type: Any, loaded: Any) -> None:
+def remember_model(source: Any, device: str, fmt: str, loaded: Any) -> None:
     """Put a model the caller has just loaded from ``source`` (a path) into this
     process's cache, so tasks on the local threaded scheduler do not load the
     checkpoint a second time. Skipped under a distributed Client: tasks run in
     worker processes there, which load it once each."""
     if not isinstance(source, str) or active_client() is not None:
         return
-    key = (model_type.__name__, _source_key(source, model_type), device)
+    key = (fmt, _source_key(source, FORMATS[fmt][0]), device)
     with _LOCK:
         if key not in _CACHE:
             if not _CACHE:

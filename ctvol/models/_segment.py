@@ -25,6 +25,7 @@ from .._deps import require
 from ..errors import ModelError, ModelNotFoundError, VolumeError
 from ..intensity import HU_WINDOW, to_unit
 from ._base import TorchModel
+from ._checkpoint import write_checkpoint
 
 __all__ = ["SegmentModel", "load_segmenter", "save_segmenter", "seg_net"]
 
@@ -124,7 +125,6 @@ class SegmentModel(TorchModel):
 
 def save_segmenter(model: SegmentModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from ._checkpoint import write_checkpoint
 
     return write_checkpoint(model, path)
 

@@ -32,6 +32,7 @@ from .._deps import require
 from ..errors import ModelError, ModelNotFoundError, OptionError, OptionTypeError
 from ..intensity import HU_WINDOW, to_unit
 from ._base import TorchModel
+from ._checkpoint import write_checkpoint
 
 __all__ = ["FORMAT", "SliceModel", "load_slice_model", "prepare", "save_slice_model",
            "slice_net"]
@@ -181,7 +182,6 @@ class SliceModel(TorchModel):
 
 def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from ._checkpoint import write_checkpoint
 
     return write_checkpoint(model, path)
 
@@ -235,9 +235,3 @@ def resolve(model: Any, task: str) -> SliceModel:
     raise OptionTypeError(f"model must be a SliceModel or a checkpoint folder path, got "
                           f"{type(model).__name__}")
 
-
-def cached(source: Any, device: str) -> SliceModel:
-    """The model for ``source`` (path or SliceModel) on ``device``, once per process."""
-    from ._runtime import cached_model
-
-    return cached_model(source, device, SliceModel, load_slice_model)  # type: ignore[no-any-return]

@@ -30,6 +30,7 @@ from .._deps import require
 from ..errors import ModelError, ModelNotFoundError, OptionError
 from ..intensity import HU_WINDOW
 from ._base import TorchModel
+from ._checkpoint import bundled_in, write_checkpoint
 
 __all__ = [
     "FORMAT",
@@ -119,14 +120,12 @@ class InplaneModel(TorchModel):
 
 def save_inplane_model(model: InplaneModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-    from ._checkpoint import write_checkpoint
 
     return write_checkpoint(model, path)
 
 
 def bundled_inplane_models() -> dict[str, int]:
     """Names of the in-plane models shipped with ctvol and their factors."""
-    from ._checkpoint import bundled_in
 
     return bundled_in(BUNDLED)
 

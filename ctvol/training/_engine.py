@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import NoInputError, OptionError, OutputExistsError
+from ..models import save_model
+from .augment import random_affine
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,6 @@ def log_columns(metrics: Sequence[str]) -> list[str]:
 def save_state(folder: pathlib.Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
     """Write the checkpoint and the optimiser state (with ``state``) to ``folder``."""
     from safetensors.torch import save_file
-
-    from ..models import save_model
 
     tmp = folder.with_name(folder.name + ".tmp")
     save_model(model, tmp)
@@ -225,8 +225,6 @@ def fit(kind: Kind, model: Any, optimizer: Any, train_set: Any, val_set: Any, *,
     resume state hold the score minimised: the loss, or minus the metric).
     """
     import torch
-
-    from .augment import random_affine
 
     if select is not None and select not in kind.metrics:
         raise OptionError(f"select must be None or one of {list(kind.metrics)}, got {select!r}")

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DataError, OptionError
+from ..errors import DataError, OptionError, SeriesNotFoundError
 from ..intensity import to_unit
 from ..io._handles import HuHandles
+from ..io._layout import store_url
+from ..io.store import list_series, open_series
 
 __all__ = ["VolumeDataset"]
 
@@ -110,10 +112,6 @@ class VolumeDataset(_torch_dataset()):  # type: ignore[misc]
         transform: Callable[[dict[str, Any]], Any] | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        from ..errors import SeriesNotFoundError
-        from ..io._layout import store_url
-        from ..io.store import list_series, open_series
-
         if patch is not None:
             patch = tuple(int(p) for p in patch)
             if len(patch) != 3 or min(patch) < 1:

@@ -26,8 +26,21 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
-from ..errors import DataError, OptionError
+from .._inplane import area_downsample, bilinear, downsample_inplane, normalise
+from .._volume import check_factor
+from ..errors import DataError, GeometryError, OptionError, SeriesNotFoundError
 from ..io._handles import HuHandles
+from ..io._layout import series_attrs, store_url
+from ..io.store import open_series, open_store
+from ..models._runtime import resolve_device
+from ..models.inplane import (
+    InplaneModel,
+    check_normalisation,
+    load_inplane_model,
+    save_inplane_model,
+)
+from ._engine import check_out, fit, image_kind, start
+from .windows import split_of
 
 __all__ = ["InplanePairs", "train_inplane"]
 
@@ -81,12 +94,6 @@ class InplanePairs:
                  split: str = "train", crop: int | None = 128, normalisation: Any = "window",
                  repeats: int = 1, seed: int = 0, val_fraction: float = 0.3,
                  guard: int = GUARD, storage_options: dict[str, Any] | None = None) -> None:
-        from .._volume import check_factor
-        from ..io._layout import series_attrs, store_url
-        from ..io.store import open_store
-        from ..models.inplane import check_normalisation
-        from .windows import split_of
-
         f = check_factor(factor)
         if split not in ("train", "val", "all"):
             raise OptionError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -109,8 +116,6 @@ class InplanePairs:
         series = series_attrs(root)
         missing = [k for k in [*hr_keys, *(lr_keys or [])] if k not in series]
         if missing:
-            from ..errors import SeriesNotFoundError
-
             raise SeriesNotFoundError(
                 f"no complete series {', '.join(map(repr, missing))} in {self.store}; "
                 f"complete series: {', '.join(sorted(series)[:10]) or 'none'}")
@@ -121,8 +126,6 @@ class InplanePairs:
             shape = tuple(root[f"series/{h}/hu"].shape)
             self.shapes[h] = shape
             if shape[1] % f or shape[2] % f:
-                from ..errors import GeometryError
-
                 raise GeometryError(f"series {h} is {shape[1]} x {shape[2]} pixels, not "
                                     f"divisible by factor {f}")
             if crop is not None and crop > min(shape[1:]):
@@ -132,8 +135,6 @@ class InplanePairs:
                 lshape = tuple(root[f"series/{low}/hu"].shape)
                 want = (shape[0], shape[1] // f, shape[2] // f)
                 if lshape != want:
-                    from ..errors import GeometryError
-
                     raise GeometryError(
                         f"low-resolution series {low} is {lshape}, but {h} {shape} needs "
                         f"{want} for factor {f}: co-registered pairs need the same slices "
@@ -166,9 +167,6 @@ class InplanePairs:
         """(min, max) of the LR volume (synthetic: of the area-downsampled HR)."""
         import dask
 
-        from .._inplane import downsample_inplane
-        from ..io.store import open_series
-
         ds = open_series(self.store, lr or hr, storage_options=self.storage_options)
         if lr is None:
             ds = downsample_inplane(ds, self.factor)
@@ -199,7 +197,6 @@ class InplanePairs:
         ``r0``, ``c0`` are multiples of f. The margin is read where it exists
         and edge-replicated at the slice border (what bilinear does there).
         """
-        from .._inplane import area_downsample
 
         f = self.factor
         hr_key, lr_key = self.pairs[pair]
@@ -224,8 +221,6 @@ class InplanePairs:
         return y, low
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from .._inplane import bilinear, normalise
-
         f = self.factor
         pair, z = self.items[index % len(self.items)]
         hr_key = self.pairs[pair][0]
@@ -334,11 +329,7 @@ def train_inplane(
         ``out`` holds a checkpoint and ``resume`` is False.
     """
     require("torch", "ctvol.train_inplane")
-    from .._volume import check_factor
-    from ..models._runtime import resolve_device
-    from ..models.inplane import InplaneModel, load_inplane_model, save_inplane_model
     from ..models.inplane_unet import InplaneUNet
-    from ._engine import check_out, fit, image_kind, start
 
     f = check_factor(factor)
     if loss not in LOSSES:

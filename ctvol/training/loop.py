@@ -21,7 +21,11 @@ from typing import Any
 
 from .._deps import require
 from ..errors import ModelError, OptionError
+from ..io.store import list_series, open_series
+from ..models import ResliceModel, load_model, save_model
+from ..models._runtime import resolve_device
 from ._engine import check_out, fit, image_kind, start
+from .windows import PairWindows, check_blocks
 
 __all__ = ["train"]
 
@@ -34,7 +38,6 @@ def _slices_used(ds: Any) -> dict[str, Any]:
     z positions identify the slices in any store holding the same series (a
     subset has other indices), so ``ctvol.evaluate`` compares those.
     """
-    from ..io.store import open_series
 
     read: dict[str, set[int]] = {}
     for w in ds.windows:
@@ -58,8 +61,6 @@ def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) ->
     """
     import json
 
-    from .windows import check_blocks
-
     spec = blocks
     if not isinstance(spec, dict):
         try:
@@ -73,7 +74,6 @@ def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) ->
 
 def _test_slices(store: Any, blocks: dict[str, Any]) -> dict[str, Any]:
     """z ranges (mm) of the test blocks per series key present in ``store``."""
-    from ..io.store import list_series, open_series
 
     out: dict[str, Any] = {}
     for key in list_series(store):
@@ -198,10 +198,7 @@ def train(
     require("torch", "ctvol.train")
     import torch
 
-    from ..models import ResliceModel, load_model, save_model
-    from ..models._runtime import resolve_device
     from ..models.unet import UNet, linear_between
-    from .windows import PairWindows
 
     def mismatch(have: dict[str, Any]) -> str | None:
         if int(have["factor"]) != factor:

@@ -22,6 +22,8 @@ from .._deps import available
 from ..errors import DataError, OptionError
 from ..intensity import HU_WINDOW, to_unit
 from ..io._handles import HuHandles
+from ..io._layout import series_attrs, store_url
+from ..io.store import open_store
 from ._partition import partition_of, split_of
 
 __all__ = ["PairWindows", "Window", "check_blocks", "partition_of", "split_of"]
@@ -187,9 +189,6 @@ class PairWindows:
         body_fraction: float = 0.0,
         crop_tries: int = 8,
     ) -> None:
-        from ..io._layout import series_attrs, store_url
-        from ..io.store import open_store
-
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
             raise OptionError(f"factor must be an integer >= 2, got {factor!r}")
         if partitions not in ("train-val", "train-val-test"):

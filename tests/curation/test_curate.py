@@ -46,7 +46,8 @@ def test_trims_ends_and_keeps_the_longest_run() -> None:
     assert [(d["z0"], d["n"], d["reason"]) for d in cur["dropped"]] == [
         (0.0, 2, "blank"), (4.0, 3, "shorter-run"), (10.0, 1, "blank"), (22.0, 1, "blank")]
     assert cur["input_slices"] == 12 and cur["labels"].startswith("rule(")
-    assert "curate(split=False" in out.attrs["ctvol_history"][-1]
+    last = out.attrs["ctvol_history"][-1]
+    assert last["op"] == "curate" and last["params"]["split"] is False
 
 
 def test_split_returns_every_run() -> None:

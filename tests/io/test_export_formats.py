@@ -153,6 +153,10 @@ def test_dicom_round_trip_through_ingest(tmp_path: pathlib.Path) -> None:
             assert refs == [src_sops[i // 3], src_sops[i // 3 + 1]]
         else:
             assert r.DerivationDescription.startswith(f"ACQUIRED slice {i // 3} ")
+            # the last history record, rendered as a line
+            assert r.DerivationDescription.endswith(
+                f"history: ctvol {ctvol.__version__} reslice(factor=3, keep_every=1, "
+                "method='linear')")
             assert refs == [src_sops[i // 3]]
             np.testing.assert_array_equal(r.ImagePositionPatient,
                                           files[i // 3].ImagePositionPatient)

@@ -58,7 +58,7 @@ def test_open_series_is_lazy_and_round_trips(phantom_store: tuple[str, str, np.n
     assert ds.sop_uid.values.tolist() == sorted(set(ds.sop_uid.values.tolist()),
                                                 key=ds.sop_uid.values.tolist().index)
     assert len(set(ds.source.values.tolist())) == 40
-    assert "ingest" in ds.attrs["ctvol_history"][0]
+    assert ds.attrs["ctvol_history"][0]["op"] == "ingest"
 
 
 def test_open_cohort_datatree(phantom_store: tuple[str, str, np.ndarray]) -> None:
@@ -214,3 +214,35 @@ def test_series_creation_run_again_keeps_the_shards_written(tmp_path: pathlib.Pa
     else:  # the first shard went with the replaced group (the caller's to redo)
         assert (ds.hu.values[:SHARD_SLICES] == 0).all()
         np.testing.assert_array_equal(ds.hu.values[SHARD_SLICES:], hu[SHARD_SLICES:])
+
+
+def test_a_store_with_string_history_opens_derives_and_displays(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stores written before history records hold strings in ctvol_history: they open,
+    a derived volume keeps the strings and appends a record, and `ctvol info` shows
+    both as lines."""
+    import xarray as xr
+
+    from ctvol.cli import main
+
+    old = ["ctvol 0.1.0.dev0 ingest(padding_fill=-1024, split_gaps=False)"]
+    ds = xr.Dataset({"hu": (("z", "y", "x"), head_phantom((4, 16, 16), seed=1))},
+                    coords={"z": 2.0 * np.arange(4), "y": 0.5 * np.arange(16),
+                            "x": 0.5 * np.arange(16)},
+                    attrs={"series_uid": "1.2.3", "ctvol_history": old})
+    store = str(tmp_path / "old.zarr")
+    ctvol.write(ds, store, "s")
+    back = ctvol.open_series(store, "s")
+    assert back.attrs["ctvol_history"] == old
+    fine = ctvol.reslice(back, 2, method="linear")
+    assert fine.attrs["ctvol_history"] == [*old, {
+        "op": "reslice", "params": {"factor": 2, "keep_every": 1, "method": "linear"},
+        "version": ctvol.__version__}]
+    ctvol.write(fine, store, "fine")
+    assert ctvol.open_series(store, "fine").attrs["ctvol_history"] == \
+        fine.attrs["ctvol_history"]  # records survive zarr attrs unchanged
+    capsys.readouterr()
+    assert main(["info", store, "fine"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.endswith(f"history:\n  {old[0]}\n  ctvol {ctvol.__version__} "
+                            "reslice(factor=2, keep_every=1, method='linear')\n")
