@@ -114,38 +114,45 @@ def main() -> None:
     p.add_argument("--curate", action="store_true", help="add the curate stage")
     p.add_argument("--drop-dicom", action="store_true",
                    help="delete the DICOM files after ingest (the other stages run after)")
+    p.add_argument("--stages", default=None,
+                   help="comma list of stages to run (default: ingest, [curate,] reslice, "
+                        "evaluate); without ingest, the stages run on WORKDIR/cohort.zarr")
     p.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     a = p.parse_args()
+    stages = (a.stages.split(",") if a.stages else
+              ["ingest", *(["curate"] if a.curate else []), "reslice", "evaluate"])
 
     work = pathlib.Path(a.workdir)
     dicom = work / "dicom"
     lengths = [int(n) for n in str(a.series_slices).split(",")]
     t0 = time.perf_counter()
-    if not dicom.is_dir():
+    if "ingest" in stages and not dicom.is_dir():
         generate(dicom, a.slices, lengths, a.size)
     n_series = len(series_lengths(a.slices, lengths))
     gen_s = time.perf_counter() - t0
     for stale in ("cohort.zarr", "fine.zarr", "report"):
-        shutil.rmtree(work / stale, ignore_errors=True)
+        if "ingest" in stages or stale != "cohort.zarr":
+            shutil.rmtree(work / stale, ignore_errors=True)
     k = 3
     config: dict = {
         "inputs": [str(dicom)], "store": str(work / "cohort.zarr"),
-        "ingest": {}, **({"curate": {}} if a.curate else {}),
+        "stages": stages, "ingest": {}, "curate": {},
         "reslice": {"output": str(work / "fine.zarr"), "factor": k, "method": a.method},
         "evaluate": {"output": str(work / "report"), "factor": [k], "methods": [a.method],
                      "figures": False},
     }
     sampler = PeakSampler()
     sampler.start()
-    files = sum(1 for f in dicom.rglob("*") if f.is_file())
+    files = (sum(1 for f in dicom.rglob("*") if f.is_file()) if dicom.is_dir() else
+             len(ctvol.catalog(str(work / "cohort.zarr"), level="files")))
     disk = {"dicom": du(dicom)}
     t0 = time.perf_counter()
-    if a.drop_dicom:
+    if a.drop_dicom and "ingest" in stages and len(stages) > 1:
         first = ctvol.run({**config, "stages": ["ingest"]}, scheduler=a.scheduler,
                           workers=a.workers, progress=False)
         disk["cohort.zarr"] = du(work / "cohort.zarr")
         shutil.rmtree(dicom)
-        rest = [s for s in ("curate", "reslice", "evaluate") if s in config]
+        rest = [s for s in stages if s != "ingest"]
         summary = ctvol.run({**config, "stages": rest}, scheduler=a.scheduler,
                             workers=a.workers, progress=False)
         summary.stages[:0] = first.stages
@@ -190,9 +197,10 @@ def main() -> None:
           f"compression of hu in the cohort store: {out['compression_ratio_cohort']:.2f}x")
     print(f"\npipeline {total:.1f} s for {files} files "
           f"({out['seconds_per_input_slice'] * 1000:.1f} ms per input slice)")
-    (work / "scale.json").write_text(json.dumps(out, indent=1, default=str))
+    out["stages_run"] = stages
+    (work / f"scale-{'-'.join(stages)}.json").write_text(json.dumps(out, indent=1, default=str))
     if not a.keep:
-        for stale in ("cohort.zarr", "fine.zarr"):
+        for stale in (["cohort.zarr"] if "ingest" in stages else []) + ["fine.zarr"]:
             shutil.rmtree(work / stale, ignore_errors=True)
 
 
