@@ -22,22 +22,18 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from reslice import FACTOR, _dataset, _tile, linear_loop, zarr_write  # noqa: E402
-
-
-def _best_alternating(fns: dict, repeats: int) -> dict:
-    times: dict = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(v) for name, v in times.items()}
+from reslice import (  # noqa: E402
+    FACTOR,
+    _dataset,
+    _tile,
+    best_alternating,
+    linear_loop,
+    zarr_write,
+)
 
 
 def main() -> None:
@@ -77,7 +73,7 @@ def main() -> None:
         stored = zarr.open_array(str(tmp / "engine.zarr"), path="series/s/hu")[:]
         if not np.array_equal(stored, zarr.open_array(str(tmp / "loop.zarr"))[:]):
             raise SystemExit("the stored outputs differ")
-        t = _best_alternating({"loop": lambda: linear_loop(hu), "values": engine_values,
+        t = best_alternating({"loop": lambda: linear_loop(hu), "values": engine_values,
                                "loop+zarr": loop_store, "write": engine_store}, a.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

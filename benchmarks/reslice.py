@@ -124,14 +124,22 @@ def _best(fn):
     return min(_elapsed(fn) for _ in range(REPEATS))
 
 
+def best_alternating(fns, repeats=None):
+    """Best time of each callable in ``fns`` (name -> fn), the calls alternating
+    ``repeats`` times (default ``REPEATS``), so that the machine's load drifts
+    alike for all of them (also used by ``linear_overhead.py`` and
+    ``unet_overhead.py``)."""
+    times = {name: [] for name in fns}
+    for _ in range(REPEATS if repeats is None else repeats):
+        for name, fn in fns.items():
+            times[name].append(_elapsed(fn))
+    return {name: min(v) for name, v in times.items()}
+
+
 def _ratio_alternating(num, den):
-    """Best time of ``num`` over best time of ``den``, the two called alternately
-    (REPEATS each), so that the machine's load drifts alike for both."""
-    a, b = [], []
-    for _ in range(REPEATS):
-        a.append(_elapsed(num))
-        b.append(_elapsed(den))
-    return min(a) / min(b)
+    """Best time of ``num`` over best time of ``den``, the two called alternately."""
+    t = best_alternating({"num": num, "den": den})
+    return t["num"] / t["den"]
 
 
 class _Linear:

@@ -9,18 +9,11 @@ ratio); a script for the cases the issue names, same run, alternating calls:
 
 from __future__ import annotations
 
+import pathlib
 import sys
-import time
 
-
-def _best_alternating(fns: dict, repeats: int) -> dict:
-    times: dict = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(v) for name, v in times.items()}
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from reslice import best_alternating  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -60,7 +53,7 @@ def main(argv: list[str]) -> None:
                                  batch_size=batch)
 
         assert np.array_equal(engine()[1::3], composition()[:, 0])
-        t = _best_alternating({"bare": bare, "composition": composition, "engine": engine}, 5)
+        t = best_alternating({"bare": bare, "composition": composition, "engine": engine}, 5)
         print(f"one block of 32 pairs of 512², batch {batch}: bare {t['bare']:.2f} s, "
               f"composition {t['composition']:.2f} s ({t['bare'] / t['composition']:.3f}), "
               f"engine {t['engine']:.2f} s ({t['bare'] / t['engine']:.3f})")
@@ -85,7 +78,7 @@ def main(argv: list[str]) -> None:
 
     bare_loop()
     reslice()
-    t = _best_alternating({"bare": bare_loop, "reslice": reslice}, 3)
+    t = best_alternating({"bare": bare_loop, "reslice": reslice}, 3)
     print(f"pairs {n_pairs} batch {batch}: bare {n_pairs / t['bare']:.2f} pairs/s, reslice "
           f"{n_pairs / t['reslice']:.2f} pairs/s, ratio {t['bare'] / t['reslice']:.3f}")
 
