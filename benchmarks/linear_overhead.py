@@ -74,7 +74,7 @@ def main() -> None:
         if not np.array_equal(stored, zarr.open_array(str(tmp / "loop.zarr"))[:]):
             raise SystemExit("the stored outputs differ")
         t = best_alternating({"loop": lambda: linear_loop(hu), "values": engine_values,
-                               "loop+zarr": loop_store, "write": engine_store}, a.repeats)
+                              "loop+zarr": loop_store, "write": engine_store}, a.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{a.slices} input slices of 512^2, x{FACTOR}: {new} new slices, best of {a.repeats}")

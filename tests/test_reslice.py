@@ -46,8 +46,8 @@ def test_semantics_linear(k: int, chunks: int) -> None:
     assert "complete" not in out.attrs
     assert out.attrs["ctvol_history"][0] == "ingest"
     last = out.attrs["ctvol_history"][-1]
-    assert last["op"] == "reslice" and last["params"] == {"factor": k, "keep_every": 1,
-                                                         "method": "linear"}
+    assert last["op"] == "reslice"
+    assert last["params"] == {"factor": k, "keep_every": 1, "method": "linear"}
     assert hu.dtype == np.int16
 
 
