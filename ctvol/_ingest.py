@@ -276,7 +276,6 @@ def _write_failed(exc: BaseException, url: str, key: str) -> dict[str, Any]:
     permissions) stops the ingest with StoreWriteError naming the series; worker
     processes dying on it (a crash or out of memory while decoding) fail only that
     series, recorded with the reason; anything else is raised as it is."""
-
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         raise write_error(exc, url, key) from exc
     from distributed import KilledWorker

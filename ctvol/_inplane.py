@@ -108,7 +108,6 @@ def inplane_block(hu: np.ndarray, rng: Any = None, *, factor: int, method: str,
     method : {"bilinear", "unet"}
     model : checkpoint path/name or InplaneModel, for ``"unet"``
     """
-
     if method == "bilinear":
         return bilinear_hu(hu, factor)
     up = bilinear(hu, factor)
@@ -373,7 +372,6 @@ def downsample_inplane(ds: xr.Dataset, factor: int = 2) -> xr.Dataset:
     ([[2, 4], [10, 12]], [0.5, 2.5])
     """
     import dask.array as da
-
 
     f = check_factor(factor)
     check_volume(ds)

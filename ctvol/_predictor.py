@@ -37,6 +37,7 @@ __all__ = ["Predictor", "on_worker", "resolve"]
 
 #: A model predictor's kind → its checkpoint format (``ctvol.models.FORMATS``).
 KIND_FORMAT = {"segment": SEGMENT_FORMAT, "slice": SLICE_FORMAT}
+_FORMAT_KIND = {f: k for k, f in KIND_FORMAT.items()}
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,6 @@ def _cached(kind: str, source: Any, device: str) -> Any:
 
 def _load_checkpoint(path: str) -> tuple[str, Any]:
     """(kind, model) for a checkpoint folder, read on the CPU once per process."""
-
     found = read_checkpoint(pathlib.Path(path))
     if found is None:
         raise ModelNotFoundError(
@@ -96,7 +96,7 @@ def _load_checkpoint(path: str) -> tuple[str, Any]:
         )
     cfg, cfg_path = found
     fmt = cfg.get("format")
-    kind = {f: k for k, f in KIND_FORMAT.items()}.get(str(fmt))
+    kind = _FORMAT_KIND.get(str(fmt))
     if kind is None:
         hint = ("; reslice U-nets generate slices: use ctvol.reslice"
                 if fmt == RESLICE_FORMAT else "")
@@ -149,7 +149,6 @@ def resolve(predict: Any, *, per_slice: bool | None = None, classes: Any = None,
         (``device``/``amp``/``labels`` for a plain callable, ``per_slice`` /
         ``classes`` that contradict a model, a localizer asked for labels).
     """
-
     if isinstance(predict, os.PathLike):
         predict = os.fspath(predict)
     if isinstance(predict, str):

@@ -265,7 +265,6 @@ def _check_model(method: str, model: str | None, factor: int | None, *, inplane:
     """``--method unet``: the checkpoint loads and fits the factor, or a bundled model
     exists for it (checked before a cluster starts). ``--method auto`` checks a
     given ``--model`` the same way; without one it falls back to linear itself."""
-
     if method not in ("unet", "auto") or (method == "auto" and model is None):
         return
     if inplane:
@@ -732,7 +731,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(exc: BaseException) -> str:
     """An exception as one line, in words (no ``[Errno 13]``, no quotes around a KeyError)."""
-
     if isinstance(exc, OSError) and not isinstance(exc, CtvolError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     if isinstance(exc, KeyError) and exc.args:

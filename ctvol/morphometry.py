@@ -186,7 +186,6 @@ class BlandAltman:
     def figure(self, *, title: str | None = None, xlabel: str = "mean of test and reference",
                ylabel: str = "test − reference") -> Any:
         """The Bland–Altman plot as a :class:`matplotlib.figure.Figure` (no pyplot)."""
-
         Figure = require("matplotlib.figure", "the Bland–Altman plot").Figure
 
         fig = Figure(figsize=(5.5, 4.0), layout="constrained")

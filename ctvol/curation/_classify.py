@@ -71,7 +71,6 @@ def slice_map(ds: xr.Dataset, func: Any, outputs: int, *, model: Any = None,
     if model is not None:
         # Checkpoints travel as their path (loaded once per worker process); an
         # in-memory model as one shared graph key.
-
         args += [model if isinstance(model, str) else graph_model(model, "slice"), None]
     with dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext():
         return da.blockwise(
@@ -154,7 +153,6 @@ def classify_slices(
     >>> labels.attrs["classes"], labels.values.tolist()
     (['blank', 'body'], [0, 1, 1])
     """
-
     check_volume(ds, min_slices=1)
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")

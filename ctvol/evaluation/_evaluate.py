@@ -73,7 +73,6 @@ def _ints(values: Any, what: str, low: int) -> list[int]:
 
 def _resolve_models(model: Any, factors: list[int], methods: Sequence[str]) -> dict[int, Any]:
     """A ResliceModel per factor for the U-net method (bundled by default)."""
-
     if "unet" not in methods and "auto" not in methods:
         return {}
     if isinstance(model, Mapping):
@@ -148,7 +147,6 @@ def _case(src: Source, ds: Any, offset: int, k: int, stride: int, methods: Seque
           models: dict[int, Any], batch_size: int, device: str | None,
           window: tuple[float, float]) -> Case | str:
     """Build one case's lazy metrics, or return why the series is skipped."""
-
     n = ds.isel(z=slice(None, None, stride)).sizes["z"]
     if n < k + 1:
         return (f"too short: {n} slice(s) at stride {stride}, factor {k} needs at least "

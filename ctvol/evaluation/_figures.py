@@ -37,7 +37,6 @@ def _figure(w: float, h: float) -> Any:
 
 def _pair(rep: EvaluationReport, case: Case, j: int) -> dict[str, np.ndarray]:
     """Real slices of pair j (k+1 of them) and each method's output for that pair."""
-
     k = case.factor
     out = {"real": np.asarray(case.block["hu"][j * k:(j + 1) * k + 1].values)}
     pair = case.kept.isel(z=[j, j + 1])

@@ -149,7 +149,6 @@ def _volume(metrics: Any) -> Any:
 def _series_jobs(c: Case, methods: Sequence[str]
                  ) -> list[tuple[dict[str, Any], Any, Sequence[str], bool]]:
     """One case's report rows: (labels, lazy per-slice values, names, paired)."""
-
     base = methods.index(BASELINE) if BASELINE in methods else None
     others = [i for i, m in enumerate(methods) if m != BASELINE]
     diffs = [f"{methods[i]} - {BASELINE}" for i in others] if base is not None else []
@@ -413,7 +412,7 @@ def markdown(rep: EvaluationReport) -> str:
             if sel.empty:
                 continue
             pairs = "(i, i+k)" if s == 1 else f"(i, i+{s}·k)"
-            lines += [f"## {_TITLES[conv]} — pairs {pairs}", "", f"_{_conv_text(conv)}_", ""]
+            lines += [f"## {_TITLES[conv]} — pairs {pairs}", "", f"_{CONVENTIONS[conv]}_", ""]
             lines += _table2(sel, info["factors"], "slices" if conv == "generated" else "series")
     lines += _per_series(t)
     if info["data"]["skipped"]:
@@ -425,11 +424,6 @@ def markdown(rep: EvaluationReport) -> str:
     if figs:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     return "\n".join(lines)
-
-
-def _conv_text(conv: str) -> str:
-
-    return CONVENTIONS[conv]
 
 
 def describe_source(key: str, ds: Any, offset: int) -> dict[str, Any]:

@@ -52,7 +52,6 @@ class Source:
 
     def open(self) -> tuple[xr.Dataset, int]:
         """The (selected) series, lazy, and the index of its first slice."""
-
         ds = self.data if self.store is None else open_series(
             self.store, self.key, storage_options=self.storage_options)
         if self.zsel is None:

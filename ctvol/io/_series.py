@@ -168,7 +168,6 @@ def _file_exclusion(
 
 def _same_pixels(a: SliceHeader, b: SliceHeader) -> bool:
     """Whether two slices (files or frames) hold the same HU."""
-
     if (a.rows, a.cols) != (b.rows, b.cols):
         return False
     hu_a, _ = decode_hu(a.path, header=a, padding_fill=None)

@@ -63,7 +63,6 @@ def _source_header(header: Any) -> Any:
 
 def _derivation(ds: xr.Dataset) -> tuple[list[str], list[str], list[list[str]]]:
     """Per slice: DerivationDescription, ImageComments, source SOPInstanceUIDs."""
-
     n = ds.sizes["z"]
     a = ds.attrs
     uid = a.get("series_uid") or "unknown"

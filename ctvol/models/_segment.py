@@ -125,7 +125,6 @@ class SegmentModel(TorchModel):
 
 def save_segmenter(model: SegmentModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-
     return write_checkpoint(model, path)
 
 

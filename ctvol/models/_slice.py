@@ -182,7 +182,6 @@ class SliceModel(TorchModel):
 
 def save_slice_model(model: SliceModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-
     return write_checkpoint(model, path)
 
 
@@ -234,4 +233,3 @@ def resolve(model: Any, task: str) -> SliceModel:
         return load_slice_model(model, task=task)
     raise OptionTypeError(f"model must be a SliceModel or a checkpoint folder path, got "
                           f"{type(model).__name__}")
-

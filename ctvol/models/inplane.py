@@ -120,13 +120,11 @@ class InplaneModel(TorchModel):
 
 def save_inplane_model(model: InplaneModel, path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a checkpoint folder (``model.safetensors`` + ``config.json``)."""
-
     return write_checkpoint(model, path)
 
 
 def bundled_inplane_models() -> dict[str, int]:
     """Names of the in-plane models shipped with ctvol and their factors."""
-
     return bundled_in(BUNDLED)
 
 

@@ -197,7 +197,6 @@ class InplanePairs:
         ``r0``, ``c0`` are multiples of f. The margin is read where it exists
         and edge-replicated at the slice border (what bilinear does there).
         """
-
         f = self.factor
         hr_key, lr_key = self.pairs[pair]
         _, h, w = self.shapes[hr_key]

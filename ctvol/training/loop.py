@@ -38,7 +38,6 @@ def _slices_used(ds: Any) -> dict[str, Any]:
     z positions identify the slices in any store holding the same series (a
     subset has other indices), so ``ctvol.evaluate`` compares those.
     """
-
     read: dict[str, set[int]] = {}
     for w in ds.windows:
         read.setdefault(w.key, set()).update(range(w.start, w.start + ds.factor * w.step + 1))
@@ -74,7 +73,6 @@ def load_blocks(blocks: str | os.PathLike[str] | dict[str, Any], factor: int) ->
 
 def _test_slices(store: Any, blocks: dict[str, Any]) -> dict[str, Any]:
     """z ranges (mm) of the test blocks per series key present in ``store``."""
-
     out: dict[str, Any] = {}
     for key in list_series(store):
         ds = open_series(store, key)
