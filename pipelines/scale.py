@@ -11,7 +11,8 @@ series with a missing slice, one tilted series; a comma list of lengths is
 cycled over the series until ``--slices`` files, the last series taking the
 remainder), then runs the stages with ``ctvol.run``: ingest → (curate) →
 reslice x3 (linear by default) → evaluate (the same method). Prints and saves
-``WORKDIR/scale.json``: slices, seconds and slices/s per stage, total time,
+``WORKDIR/scale-STAGES.json`` (``scale-ingest-reslice-evaluate.json`` by default):
+slices, seconds and slices/s per stage, total time,
 peak RSS of the driver and of every worker process, disk used by the DICOM
 and each store, and the compression ratio of the stored ``hu``. The
 generation of the DICOM files is timed separately and not part of the
@@ -28,6 +29,7 @@ import pathlib
 import shutil
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import psutil
 
@@ -78,21 +80,29 @@ def series_lengths(total: int, lengths: list[int]) -> list[int]:
     while sum(out) < total:
         out.append(min(lengths[len(out) % len(lengths)], total - sum(out)))
     if len(out) > 1 and out[-1] < 2:  # a 1-slice series is no volume: give it to the previous
-        out[-2] += out.pop()
+        rest = out.pop()  # (not ``out[-2] += out.pop()``: its index is taken before the pop)
+        out[-1] += rest
     return out
+
+
+def _generate_group(dicom: pathlib.Path, g: int, n: int, count: int, size: int) -> None:
+    first = g == 0
+    synthetic_cohort(dicom / f"len{n}", n_series=count, n_slices=n, shape=(size, size),
+                     spacings=(3.0, 2.5, 5.0), localizers=int(first), gaps=int(first),
+                     tilted=int(first), seed=g)
 
 
 def generate(dicom: pathlib.Path, total: int, lengths: list[int], size: int) -> int:
     """One ``synthetic_cohort`` per distinct length (its own seed, so UIDs differ), under
-    ``dicom/len{L}``; the special cases (localizer, gap, tilt) in the first group only.
-    The localizer takes the place of the gap's missing slice, so ``total`` files."""
+    ``dicom/len{L}``, the groups written in parallel (one process per core); the special
+    cases (localizer, gap, tilt) in the first group only. The localizer takes the place
+    of the gap's missing slice, so ``total`` files."""
     plan = series_lengths(total, lengths)
     groups = {n: plan.count(n) for n in dict.fromkeys(plan)}
-    for g, (n, count) in enumerate(groups.items()):
-        first = g == 0
-        synthetic_cohort(dicom / f"len{n}", n_series=count, n_slices=n, shape=(size, size),
-                         spacings=(3.0, 2.5, 5.0), localizers=int(first), gaps=int(first),
-                         tilted=int(first), seed=g)
+    with ProcessPoolExecutor(min(len(groups), os.cpu_count() or 1)) as pool:
+        for f in [pool.submit(_generate_group, dicom, g, n, count, size)
+                  for g, (n, count) in enumerate(groups.items())]:
+            f.result()
     return len(plan)
 
 
